@@ -1,0 +1,33 @@
+# ssmkit: `make demo` sets up and runs the main job; `make test` sets up and runs ruff + the whole test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/pip install -e ".[dev,graphs]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/kernels.py --device cpu --quick
+
+lint: setup
+	$(BIN)/ruff check ssmkit tests benchmarks
+
+test: setup lint
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -x --durations=15
+
+bench: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/kernels.py --device cpu
+
+clean:
+	rm -rf $(VENV) .pytest_cache
