@@ -23,9 +23,10 @@ def linear_scan(a, b, initial_state, reverse, lengths):
     af, bf = a.to(compute), b.to(compute)
     h = a.new_zeros(batch, dim, dtype=compute) if initial_state is None else initial_state.to(compute)
     hs = [None] * seqlen
+    a_t, b_t = af.unbind(1), bf.unbind(1)  # per-step views; their backward is one stack
     steps = range(seqlen - 1, -1, -1) if reverse else range(seqlen)
     for t in steps:
-        h_new = af[:, t] * h + bf[:, t]  # [B, D]
+        h_new = a_t[t] * h + b_t[t]  # [B, D]
         if lengths is not None:
             valid = (t < lengths)[:, None]  # [B, 1]
             h = torch.where(valid, h_new, h)

@@ -41,12 +41,14 @@ def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
     Af = A.to(compute)  # [D, N]
     h = u.new_zeros(batch, dim, dstate, dtype=compute) if initial_state is None else initial_state.to(compute)
     ys = [None] * seqlen
+    # unbind once: per-step views whose backward is one stack (indexing [:, t] would cost O(L) per step in backward)
+    dt_t, u_t, B_t, C_t = dt.unbind(1), uf.unbind(1), Bf.unbind(1), Cf.unbind(1)
     steps = range(seqlen - 1, -1, -1) if reverse else range(seqlen)
     for t in steps:
-        dA = torch.exp(dt[:, t, :, None] * Af)  # [B, D, N]
-        dBu = dt[:, t, :, None] * Bf[:, t] * uf[:, t, :, None]  # [B, D, N]
+        dA = torch.exp(dt_t[t][:, :, None] * Af)  # [B, D, N]
+        dBu = dt_t[t][:, :, None] * B_t[t] * u_t[t][:, :, None]  # [B, D, N]
         h_new = dA * h + dBu
-        y = (h_new * Cf[:, t]).sum(-1)  # [B, D]
+        y = (h_new * C_t[t]).sum(-1)  # [B, D]
         if lengths is not None:
             valid = (t < lengths)[:, None]  # [B, 1]
             h = torch.where(valid[:, :, None], h_new, h)
