@@ -13,7 +13,7 @@ SELECTIVE_GRAD_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "in
 
 def rel_rms(ref: torch.Tensor, out: torch.Tensor) -> float:
     """sqrt(mean((ref - out)^2)) / sqrt(mean(ref^2)) computed in float64 (0 when both are 0)."""
-    ref, out = ref.double(), out.double()
+    ref, out = ref.detach().double(), out.detach().double()
     num = (ref - out).pow(2).mean().sqrt()
     den = ref.pow(2).mean().sqrt()
     if float(den) == 0.0:
