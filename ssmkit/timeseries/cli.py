@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from ssmkit.core.lightning_cli import SsmkitCLI, run_cli
@@ -14,8 +15,16 @@ LINKS = (("data.seq_len", "model.seq_len"), ("data.pred_len", "model.pred_len"),
          ("data.n_vars", "model.n_vars", "instantiate"))
 
 
-def main(argv: Sequence[str] | None = None) -> SsmkitCLI:
-    """Run the time-series CLI on ``argv`` (``sys.argv[1:]`` when None) and return it after the run."""
+def main(argv: Sequence[str] | None = None) -> SsmkitCLI | dict:
+    """Run the time-series CLI on ``argv`` (``sys.argv[1:]`` when None) and return it after the run.
+
+    ``evaluate ...`` runs ``ssmkit.timeseries.evaluate`` (paper-table comparison) instead of a LightningCLI subcommand.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["evaluate"]:
+        from .evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:])
     return run_cli(Forecaster, TimeSeriesDataModule, argv, link=LINKS)
 
 
