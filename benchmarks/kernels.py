@@ -157,7 +157,8 @@ def main(argv=None):
 
     summary = targets(rows)
     result = dict(device=dev, threads=args.threads, torch=torch.__version__, dtype=str(dtype),
-                  date=time.strftime("%Y-%m-%d"), command="python benchmarks/kernels.py " + " ".join(argv or sys.argv[1:]),
+                  date=time.strftime("%Y-%m-%d"),
+                  command="python benchmarks/kernels.py " + " ".join(argv or sys.argv[1:]),
                   rows=rows, targets=summary)
     stem = Path(args.out) if args.out else RESULTS / f"kernels-{'quick-' if args.quick else ''}{args.device}"
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -196,7 +197,8 @@ def markdown(result):
              f"torch {result['torch']}, {result['date']})", "", f"Command: `{result['command']}`", "",
              "| op | backend | mode | B | L | D | N | time (ms) | peak mem (MiB) | x loop | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    loop = {(r["op"], r["mode"], r["B"], r["L"], r["D"]): r.get("ms") for r in result["rows"] if r["backend"] == "naive"}
+    loop = {(r["op"], r["mode"], r["B"], r["L"], r["D"]): r.get("ms")
+            for r in result["rows"] if r["backend"] == "naive"}
     for r in result["rows"]:
         base = loop.get((r["op"], r["mode"], r["B"], r["L"], r["D"]))
         speed = f"{base / r['ms']:.1f}" if base and r.get("ms") else ""

@@ -58,7 +58,8 @@ def test_kernels_import_only_torch_at_top_level():
     """Backends may import numba / triton, but only inside their own lazily imported modules."""
     eager = [PACKAGE / "kernels" / "__init__.py", PACKAGE / "kernels" / "_backend.py",
              PACKAGE / "kernels" / "_validate.py", PACKAGE / "kernels" / "step.py",
-             PACKAGE / "kernels" / "selective_scan" / "__init__.py", PACKAGE / "kernels" / "linear_scan" / "__init__.py"]
+             PACKAGE / "kernels" / "selective_scan" / "__init__.py",
+             PACKAGE / "kernels" / "linear_scan" / "__init__.py"]
     for path in eager:
         tops = {m.split(".")[0] for m in _imported_modules(path)}
         assert not tops & {"triton", "numba", "numpy"}, f"{path.name} imports {tops & {'triton', 'numba', 'numpy'}}"
