@@ -131,6 +131,7 @@ def check_linear_backend(backend: str, tol: float | None = None, reverse: bool =
     assert_close("final_state", s_ref, s, tol)
     for name, ref in g_ref.items():
         assert grads[name] is not None, f"d{name} is missing"
+        assert grads[name].dtype == x[name].dtype, f"d{name} dtype {grads[name].dtype} != {x[name].dtype}"
         assert_close(f"d{name}", ref, grads[name], tol)
 
 

@@ -1,0 +1,377 @@
+"""Selective scan, Triton backend: fused forward and backward kernels (state on chip, recompute in backward).
+
+Design (layout [B, L, D]; B and C arrive as [B, L, G, N]; see naive.py for the glossary):
+
+* Grid ``(batch, G * tiles_per_group)``. A program owns ``BLOCK_D`` consecutive channels of ONE group (tiles never
+  straddle groups, so the tile's B_t / C_t are one [N] row) and all ``N`` states: the state ``h`` is a
+  ``[BLOCK_D, BLOCK_N]`` float32 register tile of at most 256 values (BLOCK_D = min(256 / BLOCK_N, 128)).
+  ``reverse`` and ``lengths`` are index arithmetic: step ``s`` reads time ``t = s`` or ``t = len - 1 - s`` and the
+  loops stop at ``len``; nothing is flipped or copied.
+* Forward: the program walks its steps in groups of ``UNROLL = 8``. Each group is ONE 2-D load per input
+  (u, delta: ``[8, BLOCK_D]`` rows, contiguous over D; B, C: ``[8, N]``), all issued before the group's math, so a
+  program pays one memory latency per 8 steps instead of one per step; the 8 recurrence steps then run from
+  registers, y is assembled as an ``[8, BLOCK_D]`` tile, D * u and the silu(z) gate are applied to the tile and it
+  is stored at once. The forward also writes the final state and a float32 checkpoint of the state every
+  ``CHUNK = 32`` steps, ``ckpt [B, ceil(L / CHUNK), D, N]``. No [B, L, D, N] tensor ever reaches HBM.
+* Backward walks the chunks in reverse. For each chunk it recomputes the chunk's states from the checkpoint into a
+  per-program float32 scratch ``[CHUNK, BLOCK_D, BLOCK_N]`` (8 KiB at 256 values: meant to stay in L1/L2), then
+  runs the adjoint recurrence backwards through the chunk: ``g_h += dy_pre * C_t``, gradients of the step,
+  ``g_h *= exp(dt A)``. du / ddelta / dz are written directly. dB and dC are summed over the tile's channels and
+  written as per-tile float32 partials ``[B, L, G, tiles_per_group, N]``; dA, dD and d(delta_bias) as per-batch
+  partials ``[B, D, N]`` / ``[B, D]``. The partials are reduced afterwards with torch: deterministic, no atomics.
+  The backward runs one step per iteration (UNROLL = 1: at 150-200 registers it has no room for more).
+* Math is float32 whatever the I/O dtype (fp32 / bf16 / fp16). Softplus uses threshold 20, as the spec.
+
+Bytes moved per (batch, token), s = I/O element size, T = tiles per group (G * T = D / BLOCK_D):
+  forward  ``4 s D + 2 s G N`` (u, delta, z in; y out; B_t, C_t) plus ``4 D N / CHUNK`` of checkpoints;
+  backward ``7 s D + 2 s G N`` (u, delta, z, dy in; du, ddelta, dz out; B_t, C_t), re-read once more from L2 by the
+  recompute pass, plus ``2 * 4 * G * T * N`` of dB/dC partials written and read again by the reduction (at N = 16,
+  BLOCK_D = 16 that is 8 D bytes, comparable to the 14 D of bf16 I/O), plus the scratch (L1/L2).
+  B_t / C_t rows are re-read by every tile of a group (L2 traffic, not HBM). One exp per (d, n) per step forward,
+  two in backward: at N >= 16 the special-function unit, not HBM, bounds an H100 (reference/kernels.md section 4).
+Expected GPU behaviour (NOT measured: no GPU in this session; all kernels compile for sm_90, no register spills):
+  the forward is latency-bound at one load round trip per 8 steps per program; the backward at about two per step
+  (recompute + adjoint), which is its main limit at small N and the first thing to tile over time if it is slow.
+"""
+
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["selective_scan"]
+
+_SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
+_UNROLL_FWD = 8  # forward: steps per group, loaded as [8, BLOCK_D] / [8, N] tiles before the group's math
+_UNROLL_BWD = 1  # backward: one step per iteration (its register pressure leaves no room for unrolling)
+
+
+def _chunk_size() -> int:
+    """Steps between forward checkpoints (and rows of the backward scratch)."""
+    return 32
+
+
+def _block_sizes(dim_per_group: int, dstate: int) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_N): the state tile holds at most 256 float32 values (2 per thread at 4 warps)."""
+    block_n = triton.next_power_of_2(dstate)
+    block_d = max(1, min(triton.next_power_of_2(dim_per_group), 256 // block_n, 128))
+    return block_d, block_n
+
+
+@triton.jit
+def _softplus(x):
+    return tl.where(x <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(x, 20.0))), x)
+
+
+@triton.jit
+def _fwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, len_ptr,
+    y_ptr, final_ptr, ckpt_ptr,
+    seqlen, dim, groups, dim_per_group, tiles_per_group, dstate, n_chunks,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    g = pid_t // tiles_per_group
+    dloc = (pid_t % tiles_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    dmask = dloc < dim_per_group
+    d = g * dim_per_group + dloc  # [BD] channel index
+    n = tl.arange(0, BLOCK_N)  # [BN]
+    nmask = n < dstate
+    m2 = dmask[:, None] & nmask[None, :]
+    dn = d[:, None] * dstate + n[None, :]  # [BD, BN] offsets inside a [D, N] matrix
+    A = tl.load(A_ptr + dn, mask=m2, other=0.0).to(tl.float32)  # [BD, BN]
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+    if HAS_INIT:
+        h = tl.load(init_ptr + pid_b * dim * dstate + dn, mask=m2, other=0.0).to(tl.float32)  # [BD, BN]
+    else:
+        h = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    if HAS_LENGTHS:
+        length = tl.load(len_ptr + pid_b)
+    else:
+        length = seqlen
+    group_rows = tl.arange(0, UNROLL)  # [U]
+    for k in range(0, tl.cdiv(length, CHUNK)):
+        tl.store(ckpt_ptr + (pid_b * n_chunks + k) * dim * dstate + dn, h, mask=m2)
+        end = tl.minimum(k * CHUNK + CHUNK, length)
+        for s_group in range(k * CHUNK, end, UNROLL):
+            # one 2-D load per input for UNROLL steps (all issued before any math), then the steps in order
+            s_vec = s_group + group_rows  # [U]
+            if REVERSE:
+                t_vec = length - 1 - s_vec
+            else:
+                t_vec = s_vec
+            row_vec = pid_b * seqlen + t_vec  # [U] flat (batch, time) index
+            valid_vec = s_vec < end
+            off = row_vec[:, None] * dim + d[None, :]  # [U, BD]
+            m = valid_vec[:, None] & dmask[None, :]
+            off_bc = (row_vec[:, None] * groups + g) * dstate + n[None, :]  # [U, BN]
+            m_bc = valid_vec[:, None] & nmask[None, :]
+            u_group = tl.load(u_ptr + off, mask=m, other=0.0).to(tl.float32)  # [U, BD]
+            dt_group = tl.load(delta_ptr + off, mask=m, other=0.0).to(tl.float32)  # [U, BD]
+            B_group = tl.load(B_ptr + off_bc, mask=m_bc, other=0.0).to(tl.float32)  # [U, BN]
+            C_group = tl.load(C_ptr + off_bc, mask=m_bc, other=0.0).to(tl.float32)  # [U, BN]
+            if HAS_Z:
+                z_group = tl.load(z_ptr + off, mask=m, other=0.0).to(tl.float32)  # [U, BD]
+            if HAS_BIAS:
+                dt_group = dt_group + bias[None, :]
+            if SOFTPLUS:
+                dt_group = _softplus(dt_group)
+            dtu_group = dt_group * u_group  # [U, BD]
+            y_group = tl.zeros([UNROLL, BLOCK_D], dtype=tl.float32)  # [U, BD]
+            for j in tl.static_range(UNROLL):
+                pick = (group_rows == j)[:, None]  # [U, 1] selects step s_group + j
+                dt = tl.sum(tl.where(pick, dt_group, 0.0), axis=0)  # [BD]
+                dtu = tl.sum(tl.where(pick, dtu_group, 0.0), axis=0)  # [BD]
+                Bt = tl.sum(tl.where(pick, B_group, 0.0), axis=0)  # [BN]
+                Ct = tl.sum(tl.where(pick, C_group, 0.0), axis=0)  # [BN]
+                h_new = tl.exp(dt[:, None] * A) * h + dtu[:, None] * Bt[None, :]  # [BD, BN]
+                h = tl.where(s_group + j < end, h_new, h)
+                y = tl.sum(h * Ct[None, :], axis=1)  # [BD]
+                y_group = tl.where(pick, y[None, :], y_group)
+            if HAS_D:
+                y_group = y_group + Dv[None, :] * u_group
+            if HAS_Z:
+                y_group = y_group * z_group * tl.sigmoid(z_group)
+            tl.store(y_ptr + off, y_group, mask=m)
+    tl.store(final_ptr + pid_b * dim * dstate + dn, h, mask=m2)
+
+
+@triton.jit
+def _bwd_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, len_ptr, ckpt_ptr, dy_ptr, dfinal_ptr,
+    scratch_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dinit_ptr,
+    seqlen, dim, groups, dim_per_group, tiles_per_group, dstate, n_chunks,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, UNROLL: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    g = pid_t // tiles_per_group
+    tile = pid_t % tiles_per_group
+    dloc = tile * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    dmask = dloc < dim_per_group
+    d = g * dim_per_group + dloc  # [BD]
+    n = tl.arange(0, BLOCK_N)  # [BN]
+    nmask = n < dstate
+    m2 = dmask[:, None] & nmask[None, :]
+    dn = d[:, None] * dstate + n[None, :]  # [BD, BN]
+    tile_nd = tl.arange(0, BLOCK_D)[:, None] * BLOCK_N + n[None, :]  # [BD, BN] offsets inside one scratch row
+    scratch = scratch_ptr + (pid_b * groups * tiles_per_group + pid_t) * CHUNK * BLOCK_D * BLOCK_N
+    A = tl.load(A_ptr + dn, mask=m2, other=0.0).to(tl.float32)  # [BD, BN]
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+    if HAS_DFINAL:
+        gh = tl.load(dfinal_ptr + pid_b * dim * dstate + dn, mask=m2, other=0.0).to(tl.float32)  # [BD, BN]
+    else:
+        gh = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dA_acc = tl.zeros([BLOCK_D, BLOCK_N], dtype=tl.float32)
+    dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if HAS_LENGTHS:
+        length = tl.load(len_ptr + pid_b)
+    else:
+        length = seqlen
+    n_valid = tl.cdiv(length, CHUNK)
+    for kk in range(0, n_valid):
+        k = n_valid - 1 - kk
+        s0 = k * CHUNK
+        s1 = tl.minimum(s0 + CHUNK, length)
+        # 1) recompute the chunk: scratch[j] = state before step s0 + j
+        h = tl.load(ckpt_ptr + (pid_b * n_chunks + k) * dim * dstate + dn, mask=m2, other=0.0).to(tl.float32)
+        for s_group in range(s0, s1, UNROLL):
+            for i in tl.static_range(UNROLL):
+                s = s_group + i
+                valid = s < s1
+                tl.store(scratch + (s - s0) * BLOCK_D * BLOCK_N + tile_nd, h, mask=valid)
+                if REVERSE:
+                    t = length - 1 - s
+                else:
+                    t = s
+                row = pid_b * seqlen + t
+                vd = dmask & valid
+                u = tl.load(u_ptr + row * dim + d, mask=vd, other=0.0).to(tl.float32)  # [BD]
+                dt = tl.load(delta_ptr + row * dim + d, mask=vd, other=0.0).to(tl.float32)  # [BD]
+                if HAS_BIAS:
+                    dt = dt + bias
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                Bt = tl.load(B_ptr + (row * groups + g) * dstate + n, mask=nmask & valid, other=0.0).to(tl.float32)
+                h = tl.where(valid, tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :], h)  # [BD, BN]
+        tl.debug_barrier()
+        # 2) adjoint recurrence backwards through the chunk
+        for j_group in range(0, s1 - s0, UNROLL):
+            for i in tl.static_range(UNROLL):
+                s = s1 - 1 - j_group - i
+                valid = s >= s0
+                if REVERSE:
+                    t = length - 1 - s
+                else:
+                    t = s
+                row = pid_b * seqlen + t
+                vd = dmask & valid  # an invalid step (past the chunk's start) reads zeros and writes nothing
+                vn = nmask & valid
+                h_prev = tl.load(scratch + (s - s0) * BLOCK_D * BLOCK_N + tile_nd, mask=valid, other=0.0)
+                u = tl.load(u_ptr + row * dim + d, mask=vd, other=0.0).to(tl.float32)  # [BD]
+                x = tl.load(delta_ptr + row * dim + d, mask=vd, other=0.0).to(tl.float32)  # [BD]
+                if HAS_BIAS:
+                    x = x + bias
+                if SOFTPLUS:
+                    dt = _softplus(x)
+                else:
+                    dt = x
+                Bt = tl.load(B_ptr + (row * groups + g) * dstate + n, mask=vn, other=0.0).to(tl.float32)  # [BN]
+                Ct = tl.load(C_ptr + (row * groups + g) * dstate + n, mask=vn, other=0.0).to(tl.float32)  # [BN]
+                dy = tl.load(dy_ptr + row * dim + d, mask=vd, other=0.0).to(tl.float32)  # [BD]
+                dA = tl.exp(dt[:, None] * A)  # [BD, BN]
+                h = dA * h_prev + (dt * u)[:, None] * Bt[None, :]  # [BD, BN] state after step s
+                y_pre = tl.sum(h * Ct[None, :], axis=1)  # [BD]
+                if HAS_D:
+                    y_pre = y_pre + Dv * u
+                if HAS_Z:
+                    zt = tl.load(z_ptr + row * dim + d, mask=vd, other=0.0).to(tl.float32)  # [BD]
+                    sig = tl.sigmoid(zt)
+                    dz = dy * y_pre * sig * (1.0 + zt * (1.0 - sig))  # [BD]
+                    tl.store(dz_ptr + row * dim + d, dz, mask=vd)
+                    dy = dy * zt * sig  # gradient of y before the gate
+                if HAS_D:
+                    dD_acc += dy * u
+                    du = dy * Dv  # [BD]
+                else:
+                    du = tl.zeros([BLOCK_D], dtype=tl.float32)
+                gh = gh + dy[:, None] * Ct[None, :]  # [BD, BN] total gradient of h_s
+                dC = tl.sum(dy[:, None] * h, axis=0)  # [BN] summed over the tile's channels
+                gh_dA = gh * h_prev * dA  # [BD, BN]
+                dA_acc += gh_dA * dt[:, None]
+                gB = tl.sum(gh * Bt[None, :], axis=1)  # [BD]
+                ddt = tl.sum(gh_dA * A, axis=1) + gB * u  # [BD]
+                du = du + gB * dt
+                dB = tl.sum(gh * (dt * u)[:, None], axis=0)  # [BN]
+                if SOFTPLUS:
+                    ddt = tl.where(x <= 20.0, ddt * tl.sigmoid(x), ddt)
+                dbias_acc += ddt
+                tl.store(du_ptr + row * dim + d, du, mask=vd)
+                tl.store(ddelta_ptr + row * dim + d, ddt, mask=vd)
+                part = ((row * groups + g) * tiles_per_group + tile) * dstate + n  # [BN]
+                tl.store(dB_ptr + part, dB, mask=vn)
+                tl.store(dC_ptr + part, dC, mask=vn)
+                gh = tl.where(valid, gh * dA, gh)
+        tl.debug_barrier()
+    tl.store(dinit_ptr + pid_b * dim * dstate + dn, gh, mask=m2)
+    tl.store(dA_ptr + pid_b * dim * dstate + dn, dA_acc, mask=m2)
+    if HAS_D:
+        tl.store(dD_ptr + pid_b * dim + d, dD_acc, mask=dmask)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + pid_b * dim + d, dbias_acc, mask=dmask)
+
+
+def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> dict:
+    batch, seqlen, dim = u.shape
+    groups, dstate = B.shape[2], A.shape[1]
+    dim_per_group = dim // groups
+    block_d, block_n = _block_sizes(dim_per_group, dstate)
+    chunk = _chunk_size()
+    return dict(batch=batch, seqlen=seqlen, dim=dim, groups=groups, dstate=dstate, dim_per_group=dim_per_group,
+                tiles_per_group=triton.cdiv(dim_per_group, block_d), n_chunks=triton.cdiv(seqlen, chunk),
+                chunk=chunk, block_d=block_d, block_n=block_n)
+
+
+def _opt(t: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:
+    """Contiguous tensor, or a placeholder pointer for an absent optional input (never read: its flag is off)."""
+    return fallback if t is None else t.contiguous()
+
+
+class _SelectiveScanFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, lengths):
+        u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
+        geo = _geometry(u, A, B)
+        batch, seqlen, dim, dstate = geo["batch"], geo["seqlen"], geo["dim"], geo["dstate"]
+        alloc = torch.zeros if lengths is not None else torch.empty  # skipped positions must read 0
+        y = alloc(batch, seqlen, dim, device=u.device, dtype=u.dtype)  # [B, L, D]
+        final = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)  # [B, D, N]
+        ckpt = torch.empty(batch, geo["n_chunks"], dim, dstate, device=u.device, dtype=torch.float32)
+        grid = (batch, geo["groups"] * geo["tiles_per_group"])
+        _fwd_kernel[grid](
+            u, delta, A, B, C, _opt(D, u), _opt(z, u), _opt(delta_bias, u), _opt(initial_state, u),
+            _opt(lengths, u), y, final, ckpt,
+            seqlen, dim, geo["groups"], geo["dim_per_group"], geo["tiles_per_group"], dstate, geo["n_chunks"],
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            HAS_INIT=initial_state is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
+            CHUNK=geo["chunk"], BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], UNROLL=_UNROLL_FWD, num_warps=4,
+        )
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt)
+        ctx.flags = (delta_softplus, reverse)
+        return y, final
+
+    @staticmethod
+    def backward(ctx, dy, dfinal):
+        u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt = ctx.saved_tensors
+        delta_softplus, reverse = ctx.flags
+        geo = _geometry(u, A, B)
+        batch, seqlen, dim, dstate = geo["batch"], geo["seqlen"], geo["dim"], geo["dstate"]
+        groups, tiles = geo["groups"], geo["tiles_per_group"]
+        dev, f32 = u.device, torch.float32
+        dy = torch.zeros_like(u) if dy is None else dy.contiguous()  # [B, L, D]
+        alloc = torch.zeros if lengths is not None else torch.empty  # skipped positions get 0 gradient
+        du = alloc(batch, seqlen, dim, device=dev, dtype=u.dtype)  # [B, L, D]
+        ddelta = alloc(batch, seqlen, dim, device=dev, dtype=delta.dtype)  # [B, L, D]
+        dz = alloc(batch, seqlen, dim, device=dev, dtype=z.dtype) if z is not None else None  # [B, L, D]
+        dB_part = alloc(batch, seqlen, groups, tiles, dstate, device=dev, dtype=f32)  # [B, L, G, T, N]
+        dC_part = alloc(batch, seqlen, groups, tiles, dstate, device=dev, dtype=f32)  # [B, L, G, T, N]
+        dA_part = torch.empty(batch, dim, dstate, device=dev, dtype=f32)  # [B, D, N]
+        dD_part = torch.empty(batch, dim, device=dev, dtype=f32) if D is not None else None  # [B, D]
+        dbias_part = torch.empty(batch, dim, device=dev, dtype=f32) if delta_bias is not None else None  # [B, D]
+        dinit = torch.empty(batch, dim, dstate, device=dev, dtype=f32)  # [B, D, N]
+        scratch = torch.empty(batch * groups * tiles * geo["chunk"] * geo["block_d"] * geo["block_n"],
+                              device=dev, dtype=f32)
+        _bwd_kernel[(batch, groups * tiles)](
+            u, delta, A, B, C, _opt(D, u), _opt(z, u), _opt(delta_bias, u), _opt(lengths, u), ckpt, dy,
+            _opt(dfinal, u), scratch, du, ddelta, _opt(dz, du), dB_part, dC_part, dA_part,
+            _opt(dD_part, dA_part), _opt(dbias_part, dA_part), dinit,
+            seqlen, dim, groups, geo["dim_per_group"], tiles, dstate, geo["n_chunks"],
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+            HAS_DFINAL=dfinal is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
+            CHUNK=geo["chunk"], BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], UNROLL=_UNROLL_BWD, num_warps=4,
+        )
+        dB = dB_part.sum(3).to(B.dtype)  # [B, L, G, N]
+        dC = dC_part.sum(3).to(C.dtype)  # [B, L, G, N]
+        dA = dA_part.sum(0).to(A.dtype)  # [D, N]
+        dD = dD_part.sum(0).to(D.dtype) if D is not None else None  # [D]
+        dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None  # [D]
+        dinit = dinit.to(initial_state.dtype) if initial_state is not None else None  # [B, D, N]
+        return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, None, None, None
+
+
+def _check_dtypes(**tensors: torch.Tensor | None) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in _SUPPORTED:
+            raise TypeError(f"selective_scan: backend 'triton' needs {name} in float32/bfloat16/float16, found "
+                            f"{t.dtype}; use backend='torch' for float64")
+
+
+@torch.compiler.disable
+def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse, lengths):
+    """Triton selective scan on validated inputs.
+
+    Args:
+        u, delta, z: [B, L, D] (z may be None).   A: [D, N].   B, C: [B, L, G, N].
+        D, delta_bias: [D] or None.   initial_state: [B, D, N] or None.   lengths: int64 [B] in [1, L] or None.
+        delta_softplus, reverse: flags, as in naive.py.
+
+    Returns:
+        y [B, L, D] in u.dtype and the final state [B, D, N] in float32; differentiable in every float input.
+    """
+    _check_dtypes(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
+    return _SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus),
+                                  bool(reverse), lengths)
