@@ -48,7 +48,8 @@ def make_selective_inputs(batch=2, seqlen=64, dim=8, dstate=4, groups=1, has_D=T
         C=rnd(*bc_shape).to(dtype),
         D=rnd(dim) if has_D else None,
         z=rnd(batch, seqlen, dim).to(dtype) if has_z else None,
-        delta_bias=rnd(dim, scale=0.3) if has_bias else None,
+        # without softplus the step size is used as is: keep delta + delta_bias > 0, as a real model would
+        delta_bias=(rnd(dim, scale=0.3) if softplus else rnd(dim, scale=0.1).abs()) if has_bias else None,
         initial_state=rnd(batch, dim, dstate) if has_init else None,
     )
     lengths = None

@@ -1,0 +1,124 @@
+"""Extra checks of the fused CPU backend: vectorizable math helpers, thread-count determinism, gradient paths."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+import torch
+
+from ssmkit.kernels import linear_scan, selective_scan
+from ssmkit.kernels._numba_utils import fast_exp, sigmoid, softplus, softplus_grad, tile_width
+from tests.kernels.scan_testing import make_selective_inputs
+
+
+@numba.njit(cache=True, fastmath=True)
+def _apply_helpers(x, out):
+    for i in range(x.size):
+        out[0, i] = fast_exp(x[i])
+        out[1, i] = softplus(x[i])
+        out[2, i] = softplus_grad(x[i])
+        out[3, i] = sigmoid(x[i])
+
+
+def _helpers(x: np.ndarray) -> np.ndarray:
+    out = np.empty((4, x.size), dtype=np.float32)
+    _apply_helpers(x, out)
+    return out
+
+
+def test_fast_exp_is_accurate_to_about_one_ulp():
+    x = np.linspace(-87.0, 88.0, 200_001, dtype=np.float32)
+    got = _helpers(x)[0].astype(np.float64)
+    ref = np.exp(x.astype(np.float64))
+    ulp = np.abs(got - ref) / np.spacing(ref.astype(np.float32)).astype(np.float64)
+    assert ulp.max() <= 2.0, f"fast_exp max error {ulp.max():.2f} ulp > 2"
+
+
+def test_fast_exp_underflows_to_zero_and_clamps():
+    got = _helpers(np.array([-88.0, -1000.0, 0.0, 1000.0], dtype=np.float32))[0]
+    assert got[0] == 0.0 and got[1] == 0.0
+    assert got[2] == 1.0
+    assert np.isfinite(got[3]) and got[3] > 1e38
+
+
+def test_softplus_and_sigmoid_match_torch():
+    x = np.concatenate([np.linspace(-30, 30, 20_001), -np.logspace(-7, 1, 200), np.logspace(-7, 1, 200)])
+    x = x.astype(np.float32)
+    got = _helpers(x).astype(np.float64)
+    xt = torch.from_numpy(x).double()
+    refs = (torch.nn.functional.softplus(xt), torch.where(xt > 20, 1.0, torch.sigmoid(xt)), torch.sigmoid(xt))
+    for name, out, ref in zip(("softplus", "softplus_grad", "sigmoid"), got[1:], refs):
+        rel = np.abs(out - ref.numpy()) / np.abs(ref.numpy())
+        assert rel.max() < 1e-6, f"{name}: max relative error {rel.max():.2e}"
+
+
+@pytest.mark.parametrize("channels,limit,expected", [(256, 32, 32), (48, 32, 24), (7, 32, 7), (13, 4, 1)])
+def test_tile_width_divides(channels, limit, expected):
+    assert tile_width(channels, limit) == expected
+
+
+def _selective_run(threads: int):
+    x, lengths = make_selective_inputs(batch=3, seqlen=70, dim=64, dstate=4, groups=2, has_init=True,
+                                       has_lengths=True, seed=5)
+    leaves = {k: v.detach().requires_grad_(True) for k, v in x.items() if v is not None}
+    previous = numba.get_num_threads()
+    numba.set_num_threads(threads)
+    try:
+        y, state = selective_scan(**leaves, delta_softplus=True, return_final_state=True, lengths=lengths,
+                                  backend="cpu")
+        (y.square().sum() + state.sum()).backward()
+    finally:
+        numba.set_num_threads(previous)
+    return [y.detach(), state.detach()] + [leaves[k].grad for k in sorted(leaves)]
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")
+def test_selective_scan_bitwise_identical_across_thread_counts():
+    one, two = _selective_run(1), _selective_run(2)
+    for a, b in zip(one, two):
+        assert torch.equal(a, b)
+
+
+def test_only_final_state_used_still_gives_gradients():
+    """A loss on the final state alone (y unused: its incoming gradient is None) must still reach every input."""
+    x, _ = make_selective_inputs(batch=2, seqlen=20, dim=8, dstate=4, has_init=True, seed=3)
+    leaves = {k: v.detach().double().requires_grad_(True) for k, v in x.items() if v is not None}
+    _, s_ref = selective_scan(**leaves, delta_softplus=True, return_final_state=True, backend="naive")
+    ref = torch.autograd.grad(s_ref.sum(), list(leaves.values()), allow_unused=True)
+    leaves32 = {k: v.detach().float().requires_grad_(True) for k, v in leaves.items()}
+    _, state = selective_scan(**leaves32, delta_softplus=True, return_final_state=True, backend="cpu")
+    got = torch.autograd.grad(state.sum(), list(leaves32.values()), allow_unused=True)
+    for name, r, g in zip(leaves, ref, got):
+        if r is None:
+            assert g is None or torch.count_nonzero(g) == 0, f"d{name} should be zero"
+            continue
+        err = float((r - g.double()).norm() / r.norm().clamp_min(1e-30))
+        assert err < 1e-5, f"d{name}: relative error {err:.2e}"
+
+
+def test_linear_scan_non_contiguous_fp16_inputs():
+    base = torch.rand(2, 16, 40, generator=torch.Generator().manual_seed(0))
+    a = (base[:, :, ::2] * 0.5 + 0.5).to(torch.float16).requires_grad_(True)  # non-contiguous [2, 16, 20]
+    b = torch.randn(2, 20, 16).transpose(1, 2).to(torch.float16).requires_grad_(True)
+    h = linear_scan(a, b, backend="cpu")
+    h.float().sum().backward()
+    h_ref = linear_scan(a.detach().double(), b.detach().double(), backend="naive")
+    assert h.dtype == torch.float16 and a.grad.dtype == torch.float16 and b.grad.dtype == torch.float16
+    assert torch.allclose(h.double(), h_ref, rtol=5e-3, atol=5e-3)
+
+
+def test_backward_twice_with_retain_graph():
+    """The saved checkpoints outlive one backward, as torch's own saved tensors do under retain_graph=True."""
+    x, _ = make_selective_inputs(batch=2, seqlen=40, dim=8, dstate=4, seed=7)
+    u = x["u"].detach().requires_grad_(True)
+    args = {k: v for k, v in x.items() if k != "u"}
+    y = selective_scan(u, **args, delta_softplus=True, backend="cpu")
+    (first,) = torch.autograd.grad(y.sum(), u, retain_graph=True)
+    (second,) = torch.autograd.grad(y.sum(), u)
+    assert torch.equal(first, second)
+    a = torch.rand(2, 30, 8).requires_grad_(True)
+    h = linear_scan(a, torch.randn(2, 30, 8), backend="cpu")
+    (ga1,) = torch.autograd.grad(h.sum(), a, retain_graph=True)
+    (ga2,) = torch.autograd.grad(h.sum(), a)
+    assert torch.equal(ga1, ga2)
