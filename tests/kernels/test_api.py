@@ -143,3 +143,16 @@ def test_import_without_triton():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "ok (1, 4, 2)" in out.stdout
+
+
+def test_loading_the_torch_backend_does_not_shadow_torch():
+    """Importing a backend module must leave the op packages' own names intact (a second call still works)."""
+    import importlib
+
+    selective_package = importlib.import_module("ssmkit.kernels.selective_scan")
+    linear_package = importlib.import_module("ssmkit.kernels.linear_scan")
+
+    for _ in range(2):
+        selective_scan(**_inputs(), backend="torch")
+        linear_scan(torch.rand(1, 3, 2), torch.rand(1, 3, 2), backend="torch")
+    assert selective_package.torch is torch and linear_package.torch is torch

@@ -12,6 +12,8 @@ from .._validate import check_lengths, check_tensor
 __all__ = ["linear_scan"]
 
 _OP = "linear_scan"
+# backend name -> module; the torch backend lives in ``pytorch.py`` so that importing it cannot shadow ``torch``
+MODULES = {"naive": "naive", "torch": "pytorch", "cpu": "cpu", "triton": "triton"}
 
 
 def linear_scan(
@@ -48,6 +50,6 @@ def linear_scan(
         check_tensor("initial_state", initial_state, (batch, dim), a.device, _OP)
     lengths = check_lengths(lengths, batch, seqlen, a.device, _OP)
     name = resolve_backend(_OP, backend, a.device)
-    module = importlib.import_module(f"{__name__}.{name}")
+    module = importlib.import_module(f"{__name__}.{MODULES[name]}")
     h, final_state = module.linear_scan(a, b, initial_state, bool(reverse), lengths)
     return (h, final_state) if return_final_state else h

@@ -14,8 +14,12 @@ __all__ = ["selective_scan"]
 _OP = "selective_scan"
 
 
+# backend name -> module; the torch backend lives in ``pytorch.py`` so that importing it cannot shadow ``torch``
+MODULES = {"naive": "naive", "torch": "pytorch", "cpu": "cpu", "triton": "triton"}
+
+
 def _backend_module(name: str):
-    return importlib.import_module(f"{__name__}.{name}")
+    return importlib.import_module(f"{__name__}.{MODULES[name]}")
 
 
 def selective_scan(
