@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssmkit.kernels._validate import check_lengths
+
 __all__ = ["anticausal_conv1d", "causal_conv1d", "causal_conv1d_step", "valid_mask"]
 
 
@@ -34,19 +36,9 @@ def valid_mask(lengths: torch.Tensor | None, batch_size: int, seqlen: int, devic
     Returns:
         Boolean mask [B, L] (True where t < lengths[b]), or None when ``lengths`` is None.
     """
+    lengths = check_lengths(lengths, batch_size, seqlen, device, owner)
     if lengths is None:
         return None
-    if not isinstance(lengths, torch.Tensor):
-        raise TypeError(f"{owner}: lengths must be a torch.Tensor of integers, found {type(lengths).__name__}")
-    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise TypeError(f"{owner}: lengths must have an integer dtype, found {lengths.dtype}")
-    if tuple(lengths.shape) != (batch_size,):
-        raise ValueError(f"{owner}: lengths must have shape [{batch_size}] (batch size), found {list(lengths.shape)}")
-    if lengths.device != device:
-        raise ValueError(f"{owner}: lengths must be on device {device} (the device of x), found {lengths.device}")
-    lo, hi = int(lengths.min()), int(lengths.max())
-    if lo < 1 or hi > seqlen:
-        raise ValueError(f"{owner}: lengths must lie in [1, {seqlen}] (L), found values in [{lo}, {hi}]")
     return torch.arange(seqlen, device=device)[None, :] < lengths[:, None]  # [B, L]
 
 

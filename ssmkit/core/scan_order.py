@@ -257,3 +257,21 @@ def build_scan_orders(names, grid: tuple[int, ...], with_directions: bool = Fals
         if name not in ORDER_NAMES:
             raise ValueError(f"scan order name must be one of {ORDER_NAMES}, found {name!r}")
     return _build_cached(tuple(names), _check_grid(grid), bool(with_directions))
+
+
+def resolve_grid(owner: str, seqlen: int, grid, grid_ndim: int) -> tuple[int, ...]:
+    """The token grid of a [B, L, D] input: ``grid`` checked against L, or a 1-D grid (1, ..., 1, L) when None.
+
+    Raises:
+        ValueError: ``grid`` is not a tuple of ``grid_ndim`` ints or its product is not L (message names both).
+    """
+    if grid is None:
+        return (1,) * (grid_ndim - 1) + (seqlen,)
+    if isinstance(grid, torch.Size):
+        grid = tuple(grid)
+    if not isinstance(grid, (tuple, list)) or len(grid) != grid_ndim:
+        raise ValueError(f"{owner}: grid must be a tuple of {grid_ndim} ints (grid_ndim), found {grid!r}")
+    grid = tuple(int(n) for n in grid)
+    if math.prod(grid) != seqlen:
+        raise ValueError(f"{owner}: prod(grid) must equal L={seqlen}, found grid {grid} (prod {math.prod(grid)})")
+    return grid

@@ -40,14 +40,15 @@ projections, MD-TPE after the input embedding).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmkit.core.mixers.mamba import check_mixer_input
 from ssmkit.core.positional import MDLRPE, grid_coordinates
+from ssmkit.core.scan_order import resolve_grid
 from ssmkit.kernels import linear_scan
+from ssmkit.kernels._validate import check_lengths
 
 __all__ = ["LightNetMixer"]
 
@@ -123,29 +124,9 @@ class LightNetMixer(nn.Module):
         self.lrpe = MDLRPE(self.head_dim, grid_ndim, lrpe_base) if use_lrpe else None
 
     def _check_input(self, x: torch.Tensor, grid, lengths) -> tuple[tuple[int, ...], torch.Tensor | None]:
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            found = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"LightNetMixer: x must have shape [B, L, {self.d_model}], found {found}")
-        batch, seqlen, _ = x.shape
-        if grid is None:
-            grid = (1,) * (self.grid_ndim - 1) + (seqlen,)
-        if isinstance(grid, torch.Size):
-            grid = tuple(grid)
-        if not isinstance(grid, (tuple, list)) or len(grid) != self.grid_ndim:
-            raise ValueError(f"LightNetMixer: grid must be a tuple of {self.grid_ndim} ints (grid_ndim), found "
-                             f"{grid!r}")
-        grid = tuple(int(n) for n in grid)
-        if math.prod(grid) != seqlen:
-            raise ValueError(f"LightNetMixer: prod(grid) must equal L={seqlen}, found grid {grid} "
-                             f"(prod {math.prod(grid)})")
-        if lengths is not None:
-            if not isinstance(lengths, torch.Tensor) or lengths.shape != (batch,) or lengths.is_floating_point():
-                found = f"{lengths.dtype} {list(lengths.shape)}" if isinstance(lengths, torch.Tensor) else lengths
-                raise ValueError(f"LightNetMixer: lengths must be an integer tensor of shape [{batch}], found {found}")
-            if int(lengths.min()) < 1 or int(lengths.max()) > seqlen:
-                raise ValueError(f"LightNetMixer: lengths must lie in [1, {seqlen}], found values in "
-                                 f"[{int(lengths.min())}, {int(lengths.max())}]")
-            lengths = lengths.to(device=x.device, dtype=torch.int64)
+        check_mixer_input("LightNetMixer", x, self.d_model)
+        grid = resolve_grid("LightNetMixer", x.shape[1], grid, self.grid_ndim)
+        lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device, "LightNetMixer")
         return grid, lengths
 
     def _global(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, coords, valid) -> torch.Tensor:

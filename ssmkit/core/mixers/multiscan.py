@@ -28,8 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssmkit.core.scan_order import ORDER_NAMES, PLAINMAMBA_ORDERS, ScanOrders, build_scan_orders, num_directions
+from ssmkit.core.mixers.mamba import check_mixer_input
+from ssmkit.core.scan_order import (
+    ORDER_NAMES,
+    PLAINMAMBA_ORDERS,
+    ScanOrders,
+    build_scan_orders,
+    num_directions,
+    resolve_grid,
+)
 from ssmkit.kernels import selective_scan
+from ssmkit.kernels._validate import check_lengths
 
 __all__ = ["MultiScanMamba"]
 
@@ -166,31 +175,11 @@ class MultiScanMamba(nn.Module):
         return len(self.orders)
 
     def _check_input(self, x: torch.Tensor, grid, lengths) -> tuple[tuple[int, ...], torch.Tensor | None]:
-        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            found = list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"MultiScanMamba: x must have shape [B, L, {self.d_model}], found {found}")
-        batch, seqlen, _ = x.shape
-        if grid is None:
-            grid = (1,) * (self.grid_ndim - 1) + (seqlen,)
-        if isinstance(grid, torch.Size):
-            grid = tuple(grid)
-        if not isinstance(grid, (tuple, list)) or len(grid) != self.grid_ndim:
-            raise ValueError(f"MultiScanMamba: grid must be a tuple of {self.grid_ndim} ints (grid_ndim), found "
-                             f"{grid!r}")
-        grid = tuple(int(n) for n in grid)
-        if math.prod(grid) != seqlen:
-            raise ValueError(f"MultiScanMamba: prod(grid) must equal L={seqlen}, found grid {grid} "
-                             f"(prod {math.prod(grid)})")
-        if lengths is not None:
-            if math.prod(grid[:-1]) != 1:
-                raise ValueError(f"MultiScanMamba: lengths is supported for 1-D sequences only, found grid {grid}")
-            if not isinstance(lengths, torch.Tensor) or lengths.shape != (batch,) or lengths.is_floating_point():
-                found = f"{lengths.dtype} {list(lengths.shape)}" if isinstance(lengths, torch.Tensor) else lengths
-                raise ValueError(f"MultiScanMamba: lengths must be an integer tensor of shape [{batch}], found {found}")
-            if int(lengths.min()) < 1 or int(lengths.max()) > seqlen:
-                raise ValueError(f"MultiScanMamba: lengths must lie in [1, {seqlen}], found values in "
-                                 f"[{int(lengths.min())}, {int(lengths.max())}]")
-            lengths = lengths.to(device=x.device, dtype=torch.int64)
+        check_mixer_input("MultiScanMamba", x, self.d_model)
+        grid = resolve_grid("MultiScanMamba", x.shape[1], grid, self.grid_ndim)
+        if lengths is not None and math.prod(grid[:-1]) != 1:
+            raise ValueError(f"MultiScanMamba: lengths is supported for 1-D sequences only, found grid {grid}")
+        lengths = check_lengths(lengths, x.shape[0], x.shape[1], x.device, "MultiScanMamba")
         return grid, lengths
 
     def _scan_orders(self, grid: tuple[int, ...], device: torch.device) -> ScanOrders:
