@@ -6,3 +6,10 @@
 - ``block``, ``norm``, ``drop``: residual blocks and backbones; ``registry``, ``checkpoint``, ``cli``: model
   creation, checkpoint loading and the ``ssmkit`` command line.
 """
+
+from .block import Backbone, Block
+from .drop import DropPath
+from .mixers import BiMamba, LightNetMixer, Mamba, MultiScanMamba
+from .norm import RMSNorm
+
+__all__ = ["Backbone", "BiMamba", "Block", "DropPath", "LightNetMixer", "Mamba", "MultiScanMamba", "RMSNorm"]
