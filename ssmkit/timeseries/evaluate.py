@@ -85,6 +85,18 @@ def plot_forecasts(cli, path: Path, n_windows: int = 3) -> None:
     plt.close(fig)
 
 
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one), e.g. 'AMD EPYC 7B13'."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def write_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     with os.fdopen(fd, "w") as f:
@@ -123,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         seeds=opts.seeds, runs=[{k: v for k, v in r.items() if k != "cli"} for r in runs],
         mse_mean=statistics.fmean(mse), mse_std=statistics.pstdev(mse), mae_mean=statistics.fmean(mae),
         mae_std=statistics.pstdev(mae), paper_mse=paper[0] if paper else None, paper_mae=paper[1] if paper else None,
-        device=f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}",
+        device=f"{cpu_name()}, torch threads {torch.get_num_threads()}",
         command="ssmkit timeseries evaluate " + " ".join(argv or []),
     )
     write_atomic(root / "evaluation.json", json.dumps(result, indent=1))
