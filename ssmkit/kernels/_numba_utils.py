@@ -1,14 +1,21 @@
 """Numba helpers shared by the fused CPU kernels: a vectorizable float32 exp, softplus, sigmoid, tiling, conversion.
 
 Why a hand-written exp: without Intel SVML (``numba -s`` reports ``SVML False`` on most pip installs) a call to
-``math.exp`` inside a loop stays a scalar libm call and the loop does not vectorize. ``fast_exp`` only uses
-multiply-add, a float->int conversion and an int->float bit cast, which LLVM turns into SIMD code:
+``math.exp`` inside a loop stays a scalar libm call and the loop does not vectorize. ``fast_exp2(y, k)`` = 2^y uses
+only add, multiply-add, min / max and an integer shift, which LLVM turns into SIMD code (13 vector instructions):
 
-    exp(x) = 2^k * exp(r),   k = round(x / ln 2),   r = x - k ln 2 in [-ln2/2, ln2/2]
-    exp(r) ~ Taylor polynomial of degree 7 (truncation error < 1e-8 relative on that interval)
-    2^k    = float32 whose bits are (k + 127) << 23 (built in float arithmetic, then bit cast)
+    k = round(y) by the magic addition t = y + 1.5 * 2^23 (k sits in the low mantissa bits of t), f = y - k
+    2^f ~ 1 + f (c1 + f (c2 + ... + f c5)), a degree-5 minimax fit on [-0.5, 0.5] (max relative error 1.9e-7 in
+    float32 arithmetic), 2^k = float32 whose bits are (bits(t) << 23) + (127 << 23) (an LLVM shift and add)
 
-Arguments are clamped to [-87.3, 88] (the normal float32 range); below -87.3 the result is exactly 0.
+y is clamped to [-127, 127] by min / max (no branch); k = -127 gives the bit pattern 0, so 2^y is exactly 0 for
+y < -126.5 and at most 2^127 above. The kernels fold log2(e) into A once; ``fast_exp(x, k)`` = 2^(x log2 e) adds
+the error of rounding x log2 e (relative 6e-8 |x|, the conditioning of exp itself).
+
+Constants as runtime values: numba's JIT uses LLVM's large code model, where every constant-pool operand costs a
+``movabs`` plus a broadcast, and LLVM rematerializes them inside loops under register pressure (a third of the
+instructions of the former exp loop). The exp constants therefore travel as runtime values (``EXP2_CONSTS``, read
+once per task by ``exp2_consts`` into a tuple ``k``), which stay in registers or become folded stack operands.
 """
 
 from __future__ import annotations
@@ -22,124 +29,128 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["fast_exp", "log1p_unit", "softplus", "softplus_grad", "sigmoid", "tile_width", "to_f32", "JIT_OPTIONS"]
+__all__ = ["EXP2_CONSTS", "JIT_OPTIONS", "LOG2E", "exp2_consts", "fast_exp", "fast_exp2", "log1p_unit", "sigmoid",
+           "softplus", "softplus_grad", "tile_width", "to_f32"]
 
 # Options of every kernel: on-disk cache (compile once per machine), fastmath (FMA contraction, reassociation of
 # the small per-tile reductions), parallel prange over (batch, channel-tile) tasks, released GIL, and numpy error
 # semantics (a float division never raises, so loops with divisions vectorize).
 JIT_OPTIONS = dict(cache=True, fastmath=True, parallel=True, nogil=True, error_model="numpy")
 _HELPER_OPTIONS = dict(cache=True, fastmath=True, inline="always", error_model="numpy")
-# No reassociation inside exp: it would fold the two-part ln 2 of the Cody-Waite reduction into one float32 constant
-# and cost up to 3 ulp near the ends of the range. LLVM still inlines and vectorizes the call.
+# No reassociation inside exp: it would fold (y + magic) - magic into y and lose the rounding to an integer.
+# LLVM still inlines and vectorizes the call (instruction flags survive inlining into fastmath kernels).
 _EXP_OPTIONS = dict(cache=True, fastmath={"nnan", "ninf", "nsz", "contract", "arcp", "afn"}, error_model="numpy")
 
 _LOG2E = np.float32(1.0 / math.log(2.0))
-_LN2_HI = np.float32(0.693145751953125)  # ln 2 split in a high part with few mantissa bits ...
-_LN2_LO = np.float32(math.log(2.0) - 0.693145751953125)  # ... and the remainder (Cody-Waite reduction)
-_X_MIN = np.float32(-87.3)
-_X_ZERO = np.float32(-87.3)
-_X_MAX = np.float32(88.0)
-_ROUND_SHIFT = np.float32(127.5)  # k = trunc(x / ln2 + 127.5) - 127 rounds to nearest for x / ln2 > -127.5
-_F127 = np.float32(127.0)
-_MANT = np.float32(8388608.0)  # 2^23
-_BIAS_BITS = np.float32(127.0 * 8388608.0)
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
-_C2 = np.float32(1.0 / 2.0)
-_C3 = np.float32(1.0 / 6.0)
-_C4 = np.float32(1.0 / 24.0)
-_C5 = np.float32(1.0 / 120.0)
-_C6 = np.float32(1.0 / 720.0)
-_C7 = np.float32(1.0 / 5040.0)
-_SOFTPLUS_THRESHOLD = np.float32(20.0)
 _TWO = np.float32(2.0)
-_SQRT2 = np.float32(math.sqrt(2.0))
+_THREE = np.float32(3.0)
+_SQRT2_M1 = np.float32(math.sqrt(2.0) - 1.0)
 _LN2 = np.float32(math.log(2.0))
 _C3_ODD = np.float32(1.0 / 3.0)
 _C5_ODD = np.float32(1.0 / 5.0)
 _C7_ODD = np.float32(1.0 / 7.0)
 _C9 = np.float32(1.0 / 9.0)
+_SOFTPLUS_THRESHOLD = np.float32(20.0)
 
 
 @intrinsic
-def _bits_to_float32(typingctx, bits):
-    """Reinterpret the bits of an int32 as a float32 (an LLVM ``bitcast``, free and vectorizable)."""
-    if bits != types.int32:
+def _pow2_from_magic(typingctx, t):
+    """2^k as a float32 from t = k + 1.5 * 2^23 (|k| <= 127): the bits (bits(t) << 23) + (127 << 23), bit-cast."""
+    if t != types.float32:
         return None
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
+        bits = builder.bitcast(args[0], ir.IntType(32))
+        exponent = builder.add(builder.shl(bits, ir.Constant(ir.IntType(32), 23)),
+                               ir.Constant(ir.IntType(32), 127 << 23))
+        return builder.bitcast(exponent, ir.FloatType())
 
-    return types.float32(types.int32), codegen
+    return types.float32(types.float32), codegen
+
+
+LOG2E = 1.0 / math.log(2.0)  # float64; the caller of fast_exp2 multiplies its exponent (e.g. A) by log2(e) once
+# fast_exp2 constants: clamp bounds, magic rounding shift (1.5 * 2^23), minimax coefficients c1..c5 of 2^f - 1 = f p(f)
+EXP2_CONSTS = np.array([-127.0, 127.0, 12582912.0, 0.6931470036506653, 0.24022242426872253, 0.05550733581185341,
+                        0.009671512991189957, 0.0013264729641377926], dtype=np.float32)
+
+
+@numba.njit(**_HELPER_OPTIONS)
+def exp2_consts(consts):
+    """The fast_exp2 constants as a tuple of runtime float32 values, read from ``consts`` (= EXP2_CONSTS)."""
+    return (consts[0], consts[1], consts[2], consts[3], consts[4], consts[5], consts[6], consts[7])
 
 
 @numba.njit(**_EXP_OPTIONS)
-def fast_exp(x):
-    """exp(x) for a float32 ``x`` in float32, about 1 ulp accurate on [-87.3, 88], 0 below -87.3."""
-    xc = x if x > _X_MIN else _X_MIN
-    xc = xc if xc < _X_MAX else _X_MAX
-    k = np.float32(np.int32(xc * _LOG2E + _ROUND_SHIFT)) - _F127  # float arithmetic keeps 32-bit SIMD lanes
-    r = xc - k * _LN2_HI
-    r = r - k * _LN2_LO
-    p = _C7
-    p = p * r + _C6
-    p = p * r + _C5
-    p = p * r + _C4
-    p = p * r + _C3
-    p = p * r + _C2
-    p = p * r + _ONE
-    p = p * r + _ONE
-    scale = _bits_to_float32(np.int32(k * _MANT + _BIAS_BITS))
-    out = p * scale
-    return out if x > _X_ZERO else _ZERO
+def fast_exp2(y, k):
+    """2^y for a float32 ``y`` (relative error <= 2e-7 on [-126, 127]; 0 below -126.5), ``k`` = exp2_consts(...)."""
+    lo, hi, magic, c1, c2, c3, c4, c5 = k
+    yc = y if y > lo else lo
+    yc = yc if yc < hi else hi
+    t = yc + magic  # round(yc) in the low mantissa bits (no reassociation here: t - magic must stay exact)
+    f = yc - (t - magic)  # in [-0.5, 0.5]
+    p = c5 * f + c4
+    p = p * f + c3
+    p = p * f + c2
+    p = p * f + c1
+    scale = _pow2_from_magic(t)  # 2^k
+    return scale * (p * f) + scale  # 2^k (1 + f p(f)): no constant 1 to load
+
+
+@numba.njit(**_EXP_OPTIONS)
+def fast_exp(x, k):
+    """exp(x) = 2^(x log2 e) for a float32 ``x`` (relative error <= 2e-7 + 6e-8 |x|; 0 below -87.7)."""
+    return fast_exp2(x * _LOG2E, k)
 
 
 @numba.njit(**_EXP_OPTIONS)
 def log1p_unit(w):
     """log(1 + w) for a float32 ``w`` in [0, 1], vectorizable, a few ulp accurate.
 
-    v = 1 + w lies in [1, 2]; with v = 2^k f (k in {0, 1}, f in [0.71, 1.42]) and s = (f - 1) / (f + 1),
-    log f = 2 atanh(s) = 2 (s + s^3/3 + ... + s^9/9) (|s| <= 0.172, truncation < 1e-9 relative). The rounding of
-    1 + w is undone with log1p(w) = log(v) * w / (v - 1) (exact w when v rounds to 1).
+    log(1 + w) = 2 atanh(s) with s = w / (w + 2) for w <= sqrt(2) - 1, and ln 2 + 2 atanh(s) with
+    s = (w - 1) / (w + 3) above (then (1 + w) / 2 = (1 + s) / (1 - s)); |s| <= 0.172, so
+    2 atanh(s) = 2 s (1 + s^2/3 + s^4/5 + s^6/7 + s^8/9) truncates below 3e-9 relative. 1 + w is never rounded.
     """
-    v = _ONE + w
-    big = v > _SQRT2
-    f = v * _C2 if big else v
-    k = _ONE if big else _ZERO
-    s = (f - _ONE) / (f + _ONE)
+    big = w > _SQRT2_M1
+    num = w - _ONE if big else w
+    den = w + _THREE if big else w + _TWO
+    s = num / den
     s2 = s * s
     p = _C9
     p = p * s2 + _C7_ODD
     p = p * s2 + _C5_ODD
     p = p * s2 + _C3_ODD
-    p = p * s2 + _ONE
-    logv = k * _LN2 + _TWO * s * p
-    dv = v - _ONE
-    return logv * (w / dv) if dv > _ZERO else w
+    two_s = s + s
+    r = two_s * (p * s2) + two_s
+    return r + _LN2 if big else r
 
 
 @numba.njit(**_HELPER_OPTIONS)
-def sigmoid(x):
-    """Logistic sigmoid of a float32, vectorizable (uses ``fast_exp``)."""
-    return _ONE / (_ONE + fast_exp(-x))
+def sigmoid(x, k):
+    """Logistic sigmoid of a float32 (``k`` = exp2_consts(...)), vectorizable, no cancellation for x < 0."""
+    ax = x if x > _ZERO else -x
+    e = fast_exp(-ax, k)  # in (0, 1]
+    r = _ONE / (_ONE + e)
+    return r if x > _ZERO else e * r
 
 
 @numba.njit(**_HELPER_OPTIONS)
-def softplus(x):
+def softplus(x, k):
     """softplus with threshold 20 (x > 20 -> x, else log1p(exp(x))), as torch and the mamba_ssm kernels.
 
     Computed as max(x, 0) + log1p(exp(-|x|)) so that the log1p argument is in [0, 1]; vectorizable.
     """
     ax = x if x > _ZERO else -x
     pos = x if x > _ZERO else _ZERO
-    out = pos + log1p_unit(fast_exp(-ax))
+    out = pos + log1p_unit(fast_exp(-ax, k))
     return x if x > _SOFTPLUS_THRESHOLD else out
 
 
 @numba.njit(**_HELPER_OPTIONS)
-def softplus_grad(x):
+def softplus_grad(x, k):
     """Derivative of ``softplus``: sigmoid(x), and 1 above the threshold."""
-    return _ONE if x > _SOFTPLUS_THRESHOLD else sigmoid(x)
+    return _ONE if x > _SOFTPLUS_THRESHOLD else sigmoid(x, k)
 
 
 def tile_width(channels: int, limit: int) -> int:

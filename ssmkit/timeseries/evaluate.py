@@ -86,7 +86,7 @@ def plot_forecasts(cli, path: Path, n_windows: int = 3) -> None:
 
 
 def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo where there is one), e.g. 'AMD EPYC 7B13'."""
+    """The CPU model (from /proc/cpuinfo where there is one), e.g. 'AMD EPYC'."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
