@@ -29,7 +29,8 @@ Bytes moved per (batch, token), s = I/O element size, T = tiles per group (G * T
   BLOCK_D = 16 that is 8 D bytes, comparable to the 14 D of bf16 I/O), plus the scratch (L1/L2).
   B_t / C_t rows are re-read by every tile of a group (L2 traffic, not HBM). One exp per (d, n) per step forward,
   two in backward: at N >= 16 the special-function unit, not HBM, bounds an H100 (reference/kernels.md section 4).
-Expected GPU behaviour (NOT measured: no GPU in this session; all kernels compile for sm_90, no register spills):
+Expected GPU behaviour (NOT measured: no GPU yet; every configuration compiles for sm_90 with triton 3.8, some spill
+at most 16 bytes, outside the loops in the case inspected: benchmarks/results/triton-compile-sm90.md):
   the forward is latency-bound at one load round trip per 8 steps per program; the backward at about two per step
   (recompute + adjoint), which is its main limit at small N and the first thing to tile over time if it is slow.
 """
