@@ -163,4 +163,9 @@ def tile_width(channels: int, limit: int) -> int:
 
 def to_f32(t: torch.Tensor) -> np.ndarray:
     """A C-contiguous float32 numpy view (or copy) of a CPU tensor, detached from autograd."""
-    return t.detach().to(torch.float32).contiguous().numpy()
+    t = t.detach()
+    if t.dtype != torch.float32:
+        t = t.to(torch.float32)
+    if not t.is_contiguous():
+        t = t.contiguous()
+    return t.numpy()  # no copy (and no torch op) when the tensor is already float32 and contiguous
