@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import threading
 import time
 from collections.abc import Callable
 
@@ -33,33 +32,29 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-class PeakRSS:
-    """Peak resident memory above the level at entry, sampled every ``interval`` seconds in a thread (CPU only).
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
-    Large tensors are mmap'ed by the allocator and returned to the OS on free, so RSS follows live tensor memory.
+
+class PeakRSS:
+    """Peak resident memory above the level at entry (CPU only, Linux).
+
+    Exact, not sampled: entering resets the kernel's high-water mark (``echo 5 > /proc/self/clear_refs``) and exiting
+    reads it back (``VmHWM``). Run with ``MALLOC_MMAP_THRESHOLD_`` fixed so freed tensors leave RSS.
     """
 
-    def __init__(self, interval: float = 0.0005):
-        self.interval = interval
-        self.peak = 0
-
     def __enter__(self):
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
         self.base = _rss_bytes()
-        self.peak = self.base
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
         return self
 
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_bytes())
-            time.sleep(self.interval)
-
     def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, _rss_bytes())
+        self.peak = max(_status_kib("VmHWM") * 1024, _rss_bytes())
 
     @property
     def delta_mb(self) -> float:

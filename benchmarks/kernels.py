@@ -93,6 +93,11 @@ def floors(op, shape, dtype, mode):
 
 
 def grid(args):
+    if args.shape:
+        for text in args.shape:
+            B, L, D, N = (int(v) for v in text.split(","))
+            yield "selective_scan", dict(B=B, L=L, D=D, N=N)
+        return
     if args.quick:
         yield "selective_scan", LARGE
         yield "selective_scan", SMALL
@@ -117,8 +122,15 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="only the target shapes (used by make demo)")
     p.add_argument("--budget-s", type=float, default=60.0,
                    help="skip a case whose time, predicted from the previous length, exceeds this")
+    p.add_argument("--shape", action="append", default=None, metavar="B,L,D,N",
+                   help="benchmark only these selective-scan shapes (repeatable), e.g. --shape 2,16384,256,16")
     p.add_argument("--out", default=None, help="results file stem (default benchmarks/results/kernels-<device>)")
     args = p.parse_args(argv)
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None and args.device == "cpu":
+        # freed tensors must go back to the OS for the RSS-based peak memory to follow live memory: restart with a
+        # fixed mmap threshold (glibc reads it at start-up)
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+        os.execv(sys.executable, [sys.executable, *sys.argv])
 
     torch.set_num_threads(args.threads)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
@@ -195,6 +207,8 @@ def targets(rows):
 def markdown(result):
     lines = [f"## Kernels on {result['device']} ({result['threads']} thread(s), {result['dtype']}, "
              f"torch {result['torch']}, {result['date']})", "", f"Command: `{result['command']}`", "",
+             "Peak memory here is measured in one process and can read 0 when a call reuses pages freed earlier; "
+             "`benchmarks/kernel_memory.py` measures it in a fresh process per backend.", "",
              "| op | backend | mode | B | L | D | N | time (ms) | peak mem (MiB) | x loop | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     loop = {(r["op"], r["mode"], r["B"], r["L"], r["D"]): r.get("ms")
