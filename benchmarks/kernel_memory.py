@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ssmkit.core.io import write_text_atomic
+
 CHILD = """
 import sys, torch
 sys.path.insert(0, {bench!r})
@@ -55,7 +57,7 @@ def main(argv=None):
     if "naive" in rows and "cpu" in rows:
         result["cpu_fraction_of_loop"] = round(rows["cpu"] / rows["naive"], 4)
         print(f"cpu / naive peak memory: {result['cpu_fraction_of_loop']}")
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_text_atomic(args.out, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import device_name, measure  # noqa: E402
 
+from ssmkit.core.io import write_text_atomic  # noqa: E402
 from ssmkit.kernels import linear_scan, selective_scan  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -174,9 +174,9 @@ def main(argv=None):
                   rows=rows, targets=summary)
     stem = Path(args.out) if args.out else RESULTS / f"kernels-{'quick-' if args.quick else ''}{args.device}"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(stem.with_suffix(".json"), json.dumps(result, indent=1))
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=1))
     md = markdown(result)
-    write_atomic(stem.with_suffix(".md"), md)
+    write_text_atomic(stem.with_suffix(".md"), md)
     print()
     print(md)
 
@@ -225,13 +225,6 @@ def markdown(result):
         lines += ["", "Targets (ratios measured in this run):", ""]
         lines += [f"- {k}: {v}" for k, v in result["targets"].items()]
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

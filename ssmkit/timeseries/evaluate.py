@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from ssmkit.core.io import write_text_atomic
 
 # S-Mamba, lookback 96 (arXiv 2403.11144v3, Tables of ETT / other datasets): (MSE, MAE) per horizon.
 PAPER = {
@@ -97,13 +97,6 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv`` and run the evaluation; returns the result dict that is also written as JSON."""
     parser = argparse.ArgumentParser(prog="ssmkit timeseries evaluate", description=__doc__,
@@ -138,8 +131,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         device=f"{cpu_name()}, torch threads {torch.get_num_threads()}",
         command="ssmkit timeseries evaluate " + " ".join(argv or []),
     )
-    write_atomic(root / "evaluation.json", json.dumps(result, indent=1))
-    write_atomic(root / "evaluation.md", markdown(result))
+    write_text_atomic(root / "evaluation.json", json.dumps(result, indent=1))
+    write_text_atomic(root / "evaluation.md", markdown(result))
     print(markdown(result))
     return result
 
