@@ -39,6 +39,8 @@ import sys
 import time
 from pathlib import Path
 
+from ssmkit.core.io import write_text_atomic
+
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mamba", "vit")
 MODES = ("fwd", "fwd+bwd")
@@ -167,12 +169,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lengths", type=int, nargs="+", default=[197, 1024, 4096, 16384])
@@ -230,9 +226,9 @@ def main(argv: list[str] | None = None) -> None:
                   memory_method="peak RSS growth during one call, in a subprocess per case", rows=rows)
     stem = Path(args.out) if args.out else RESULTS / ("backbone-cpu-quick" if args.quick else "backbone-cpu")
     stem.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(stem.with_suffix(".json"), json.dumps(result, indent=1))
+    write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=1))
     md = markdown(result)
-    write_atomic(stem.with_suffix(".md"), md)
+    write_text_atomic(stem.with_suffix(".md"), md)
     print()
     print(md)
 
