@@ -28,7 +28,7 @@ def test_model(name: str) -> None:
     example = model_info(name)["example_input"]
     assert example is not None, f"{name}: register it with example_input=... (convention in ssmkit/core/registry.py)"
     torch.manual_seed(0)
-    model = create_model(name)
+    model = create_model(name, **model_info(name)["test_overrides"])
     inputs, shape = example(model, BATCH)
 
     model.train()

@@ -14,6 +14,8 @@ Registering (timm habit: the builder's function name is the model name)::
 Example-input convention (used by ``tests/test_models.py`` to test every registered model): ``example_input`` is a
 callable ``(model, batch_size) -> (forward_kwargs, output_shape)``. ``model(**forward_kwargs)`` must return a tensor
 of shape ``output_shape``. Inputs must be small (a forward and backward in well under a second on one CPU core).
+A model whose defaults are too large for that (a ViT-Base, say) also declares ``test_overrides``: builder keyword
+arguments the test builds it with (``{"depth": 2, "img_size": 32}``); its defaults stay the paper's.
 The test also requires finite outputs, a gradient for every trainable parameter, identical gradients with
 ``set_grad_checkpointing(True)`` where the model has it, and two equal forwards in eval mode.
 
@@ -63,6 +65,7 @@ class ModelEntry:
     module: str
     summary: str
     example_input: ExampleInput | None
+    test_overrides: dict[str, Any] | None = None
 
     @property
     def family(self) -> str:
@@ -75,7 +78,11 @@ _discovered = False
 
 
 def register_model(
-    fn: Callable[..., nn.Module] | None = None, *, domain: str, example_input: ExampleInput | None = None
+    fn: Callable[..., nn.Module] | None = None,
+    *,
+    domain: str,
+    example_input: ExampleInput | None = None,
+    test_overrides: dict[str, Any] | None = None,
 ) -> Any:
     """Register a model builder under its function name.
 
@@ -85,6 +92,7 @@ def register_model(
         fn: builder ``fn(**kwargs) -> nn.Module``.
         domain: the domain the model belongs to.
         example_input: ``(model, batch_size) -> (forward_kwargs, output_shape)`` for the registry-driven tests.
+        test_overrides: builder keyword arguments for a small instance in the registry-driven tests.
 
     Returns:
         The builder unchanged (or a decorator when ``fn`` is None).
@@ -93,6 +101,8 @@ def register_model(
         raise ValueError(f"register_model: domain must be a non-empty str, got {domain!r}")
     if example_input is not None and not callable(example_input):
         raise TypeError(f"register_model: example_input must be callable or None, got {type(example_input).__name__}")
+    if test_overrides is not None and not isinstance(test_overrides, dict):
+        raise TypeError(f"register_model: test_overrides must be a dict or None, got {type(test_overrides).__name__}")
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if not callable(builder) or not hasattr(builder, "__name__"):
@@ -105,7 +115,7 @@ def register_model(
         doc = inspect.getdoc(builder) or ""
         _REGISTRY[name] = ModelEntry(name=name, domain=domain, builder=builder, module=builder.__module__,
                                      summary=doc.strip().splitlines()[0] if doc.strip() else "",
-                                     example_input=example_input)
+                                     example_input=example_input, test_overrides=test_overrides)
         return builder
 
     return decorator(fn) if fn is not None else decorator
@@ -165,11 +175,12 @@ def model_info(name: str) -> dict[str, Any]:
     """Registry facts about one model.
 
     Returns:
-        ``{"name", "domain", "module", "family", "summary", "example_input"}``.
+        ``{"name", "domain", "module", "family", "summary", "example_input", "test_overrides"}``.
     """
     entry = _entry(name)
     return {"name": entry.name, "domain": entry.domain, "module": entry.module, "family": entry.family,
-            "summary": entry.summary, "example_input": entry.example_input}
+            "summary": entry.summary, "example_input": entry.example_input,
+            "test_overrides": dict(entry.test_overrides or {})}
 
 
 def create_model(name: str, pretrained: str | os.PathLike | bool | None = None, **overrides: Any) -> nn.Module:
