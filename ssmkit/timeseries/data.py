@@ -13,6 +13,7 @@ Protocol (thuml/Time-Series-Library, Informer lineage; see reference/timeseries.
 from __future__ import annotations
 
 import gzip
+import re
 from pathlib import Path
 
 import lightning as L
@@ -27,28 +28,71 @@ SPLITS = ("train", "val", "test")
 
 
 def read_series(path: str | Path) -> pl.DataFrame:
-    """Read a Time-Series-Library CSV (``.csv`` or ``.csv.gz``) with a ``date`` column, dates parsed.
+    """Read a Time-Series-Library CSV (``.csv`` or ``.csv.gz``) with a ``date`` column, dates parsed, values Float64.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: no ``date`` column, unparsable dates, or missing values (the first bad rows are named).
+        ValueError: no ``date`` column, unparsable or missing dates, missing values (the first bad rows are named),
+            or a non-numeric / NaN / infinite cell (its column and row are named).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data_path {str(path)!r} does not exist (expected a .csv or .csv.gz file)")
     raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    frame = pl.read_csv(raw, try_parse_dates=False)
+    return check_frame(pl.read_csv(raw, try_parse_dates=False), path.name)
+
+
+def check_frame(frame: pl.DataFrame, source: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """Validate a series frame: a ``date`` column of datetimes (or parsable strings) and finite numeric values.
+
+    Rows are numbered from 0 (the first data row, line 2 of a CSV file).
+
+    Args:
+        frame: the frame to check.
+        source: its name in error messages (a file name, "predict_dataframe(df)").
+        columns: value columns that must be present (default: every column but ``date``).
+
+    Returns:
+        The frame with ``date`` parsed to datetimes and the value columns cast to Float64.
+    """
+    if not isinstance(frame, pl.DataFrame):
+        raise TypeError(f"{source}: expected a polars.DataFrame, found {type(frame).__name__}")
     if "date" not in frame.columns:
-        raise ValueError(f"{path.name}: expected a 'date' column, found columns {frame.columns}")
-    try:
-        frame = frame.with_columns(pl.col("date").str.to_datetime(strict=True))
-    except pl.exceptions.PolarsError as err:
-        raise ValueError(f"{path.name}: the 'date' column could not be parsed as datetimes ({err})") from err
-    values = frame.drop("date")
-    bad = values.with_row_index("row").filter(pl.any_horizontal(pl.all().exclude("row").is_null()))
+        raise ValueError(f"{source}: expected a 'date' column, found columns {frame.columns}")
+    values = [c for c in frame.columns if c != "date"] if columns is None else list(columns)
+    missing_columns = [c for c in values if c not in frame.columns]
+    if missing_columns:
+        raise ValueError(f"{source}: missing columns {missing_columns} (expected 'date' and {values}, found "
+                         f"{frame.columns})")
+    frame = frame.select(["date", *values])
+    if frame.schema["date"] == pl.String:
+        try:
+            frame = frame.with_columns(pl.col("date").str.to_datetime(strict=True))
+        except pl.exceptions.PolarsError as err:
+            raise ValueError(f"{source}: the 'date' column could not be parsed as datetimes ({err})") from err
+    elif not frame.schema["date"].is_temporal():
+        raise ValueError(f"{source}: the 'date' column must hold datetimes or date strings, found "
+                         f"{frame.schema['date']}")
+    bad = frame.with_row_index("row").filter(pl.any_horizontal(pl.all().exclude("row").is_null()))
     if bad.height:
         first = bad["row"].head(5).to_list()
-        raise ValueError(f"{path.name}: {bad.height} rows have missing values, first rows {first}")
+        column = next(c for c in frame.columns if bad[c][0] is None)
+        raise ValueError(f"{source}: {bad.height} rows have missing values, first rows {first} (row {first[0]}: "
+                         f"column {column!r} is empty)")
+    for column in values:
+        original = frame[column]
+        if not (original.dtype.is_numeric() or original.dtype == pl.String):
+            raise ValueError(f"{source}: column {column!r} must be numeric, found dtype {original.dtype}")
+        cast = original.cast(pl.Float64, strict=False)
+        non_numeric = cast.is_null().arg_true()
+        if len(non_numeric):
+            row = non_numeric[0]
+            raise ValueError(f"{source}: column {column!r} has a non-numeric value {original[row]!r} in row {row}")
+        not_finite = (~cast.is_finite()).arg_true()
+        if len(not_finite):
+            row = not_finite[0]
+            raise ValueError(f"{source}: column {column!r} has a non-finite value ({cast[row]}) in row {row}")
+        frame = frame.with_columns(cast)
     return frame
 
 
@@ -88,6 +132,61 @@ def time_features(dates: pl.Series, freq: str = "h") -> np.ndarray:
         raise ValueError(f"freq must be one of s, t/min, h, d/b, w, m (optionally with a multiple), found {freq!r}")
     out = frame.select([features[name].alias(name) for name in chosen[unit]])
     return out.to_numpy().astype(np.float32)
+
+
+def infer_step(dates: pl.Series, source: str = "dates") -> str:
+    """The sampling step of strictly increasing dates, as a polars offset ("3600000000us", "1mo", "1y").
+
+    The most frequent difference wins; differences of 28-31 days (365-366 days) are calendar months (years).
+    """
+    micro = dates.diff().drop_nulls().dt.total_microseconds()  # [T - 1]
+    if micro.len() == 0:
+        raise ValueError(f"{source}: at least 2 dates are needed to infer the frequency, found {dates.len()}")
+    not_increasing = (micro <= 0).arg_true()
+    if len(not_increasing):
+        row = not_increasing[0] + 1
+        raise ValueError(f"{source}: dates must be strictly increasing; row {row} ({dates[row]}) does not come after "
+                         f"row {row - 1} ({dates[row - 1]})")
+    day = 86_400_000_000
+    if micro.is_between(28 * day, 31 * day).all() and micro.n_unique() > 1:
+        return "1mo"
+    if micro.is_between(365 * day, 366 * day).all() and micro.n_unique() > 1:
+        return "1y"
+    return f"{micro.mode().min()}us"
+
+
+def future_dates(dates: pl.Series, horizon: int, source: str = "dates") -> pl.Series:
+    """The ``horizon`` timestamps after the last date, stepping by ``infer_step(dates)``."""
+    count, unit = re.fullmatch(r"(\d+)([a-z]+)", infer_step(dates, source)).groups()
+    count = int(count)
+    offsets = pl.DataFrame({"offset": [f"{k * count}{unit}" for k in range(1, horizon + 1)]})
+    return offsets.select(pl.lit(dates[-1]).dt.offset_by(pl.col("offset")).alias("date"))["date"]
+
+
+def inference_window(frame: pl.DataFrame, columns: list[str], seq_len: int, pred_len: int, freq: str,
+                     scaler: StandardScaler | None, source: str = "frame"
+                     ) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+    """The model input for forecasting after the end of ``frame``.
+
+    Args:
+        frame: a ``date`` column and the value ``columns`` (other columns are ignored), at least ``seq_len`` rows.
+        columns: the model's input columns, in the training order.
+        seq_len, pred_len: lookback and horizon.   freq: time-feature frequency of the training data.
+        scaler: the training scaler (None: the model was trained unscaled).
+        source: the frame's name in error messages.
+
+    Returns:
+        x [seq_len, C] (scaled), x_mark [seq_len, F] and the ``pred_len`` future dates.
+    """
+    frame = check_frame(frame, source, columns)
+    if frame.height < seq_len:
+        raise ValueError(f"{source}: the model needs the last seq_len = {seq_len} rows, found {frame.height} rows "
+                         f"(short by {seq_len - frame.height} rows)")
+    future = future_dates(frame["date"], pred_len, source)
+    window = frame.tail(seq_len)
+    values = window.select(columns).to_numpy().astype(np.float64)  # [L, C]
+    x = scaler.transform(values) if scaler is not None else values.astype(np.float32)
+    return x, time_features(window["date"], freq), future
 
 
 def split_borders(kind: str, n_rows: int, seq_len: int) -> dict[str, tuple[int, int]]:
@@ -148,7 +247,7 @@ class ForecastWindows(Dataset):
         self.length = len(data) - seq_len - pred_len + 1
         if self.length < 1:
             raise ValueError(f"the {split} split has {len(data)} rows, fewer than seq_len + pred_len = "
-                             f"{seq_len + pred_len}: no window fits")
+                             f"{seq_len + pred_len}: no window fits (short by {seq_len + pred_len - len(data)} rows)")
 
     def __len__(self) -> int:
         return self.length
