@@ -61,6 +61,30 @@ def _check_conv(op: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return weight if weight.dim() == 3 else weight.unsqueeze(1)  # [D, 1, W]
 
 
+def _shifted_sum(padded: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seqlen: int) -> torch.Tensor:
+    """``y_t = bias + sum_k weight[:, 0, k] padded_{t+k}`` for t < L: a depthwise convolution in the [B, L, D] layout.
+
+    W multiply-adds over [B, L, D] (W = d_conv is 2 to 4 in the Mamba models): no transposes, no copies, a
+    contiguous output, and none of the per-call cost of a generic convolution at small shapes.
+
+    Args:
+        padded: [B, L + W - 1, D].
+        weight: [D, 1, W].
+        bias: [D] or None.
+        seqlen: L.
+
+    Returns:
+        y [B, L, D] in padded.dtype.
+    """
+    taps = weight[:, 0, :].to(padded.dtype).t()  # [W, D]
+    y = padded[:, :seqlen] * taps[0]  # [B, L, D]
+    if bias is not None:
+        y = y + bias.to(padded.dtype)
+    for k in range(1, taps.shape[0]):
+        y = torch.addcmul(y, padded[:, k:k + seqlen], taps[k])  # [B, L, D]
+    return y
+
+
 def causal_conv1d(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -94,16 +118,16 @@ def causal_conv1d(
     mask = valid_mask(lengths, batch, seqlen, x.device, op)
     if mask is not None:
         x = x.masked_fill(~mask[:, :, None], 0.0)  # [B, L, D]
-    xt = x.transpose(1, 2)  # [B, D, L]
     if initial_state is None:
-        history = xt.new_zeros(batch, dim, width)  # [B, D, W]
+        padded = F.pad(x, (0, 0, width - 1, 0))  # [B, W - 1 + L, D], zeros before x
     else:
-        history = initial_state.to(xt.dtype)  # [B, D, W]
-    stream = torch.cat([history, xt], dim=-1)  # [B, D, W + L]
-    y = F.conv1d(stream[:, :, 1:], weight.to(xt.dtype), None if bias is None else bias.to(xt.dtype), groups=dim)
-    y = y.transpose(1, 2)  # [B, L, D]
+        padded = torch.cat([initial_state[:, :, 1:].transpose(1, 2).to(x.dtype), x], dim=1)  # [B, W - 1 + L, D]
+    y = _shifted_sum(padded, weight, bias, seqlen)  # [B, L, D]
     if not return_final_state:
         return y
+    xt = x.transpose(1, 2)  # [B, D, L]
+    history = xt.new_zeros(batch, dim, width) if initial_state is None else initial_state.to(xt.dtype)  # [B, D, W]
+    stream = torch.cat([history, xt], dim=-1)  # [B, D, W + L]
     ends = torch.full((batch,), seqlen, device=x.device) if lengths is None else lengths.to(torch.int64)  # [B]
     index = ends[:, None] + torch.arange(width, device=x.device)[None, :]  # [B, W], positions in the stream
     final = torch.gather(stream, 2, index[:, None, :].expand(-1, dim, -1))  # [B, D, W]
@@ -137,9 +161,8 @@ def anticausal_conv1d(
     mask = valid_mask(lengths, batch, seqlen, x.device, op)
     if mask is not None:
         x = x.masked_fill(~mask[:, :, None], 0.0)  # [B, L, D]
-    xt = F.pad(x.transpose(1, 2), (0, weight.shape[-1] - 1))  # [B, D, L + W - 1]
-    y = F.conv1d(xt, weight.flip(-1).to(xt.dtype), None if bias is None else bias.to(xt.dtype), groups=dim)
-    return y.transpose(1, 2)  # [B, L, D]
+    padded = F.pad(x, (0, 0, 0, weight.shape[-1] - 1))  # [B, L + W - 1, D], zeros after x
+    return _shifted_sum(padded, weight.flip(-1), bias, seqlen)  # [B, L, D]
 
 
 def causal_conv1d_step(

@@ -72,9 +72,10 @@ def test_softplus_and_sigmoid_match_torch():
         assert np.all(rel <= bound), f"{name}: worst error / bound = {(rel / bound).max():.2f}"
 
 
-@pytest.mark.parametrize("dim,groups,dstate,reverse", [(256, 1, 4, False), (192, 2, 8, True)])
+@pytest.mark.parametrize("dim,groups,dstate,reverse", [(256, 1, 16, False), (192, 2, 8, True), (512, 1, 2, True)])
 def test_wide_tiles_and_several_chunks_match_naive(dim, groups, dstate, reverse):
-    """Tiles of 128 and 96 channels (two tiles per row), three checkpoint chunks, partial lengths."""
+    """Tiles of 128 (two per group: dB / dC summed over tiles), 96 and 256 channels, three checkpoint chunks,
+    partial lengths."""
     check_selective_backend("cpu", reverse=reverse, batch=2, seqlen=70, dim=dim, dstate=dstate, groups=groups,
                             has_init=True, has_lengths=True, seed=dim)
 
@@ -149,3 +150,51 @@ def test_backward_twice_with_retain_graph():
     (ga1,) = torch.autograd.grad(h.sum(), a, retain_graph=True)
     (ga2,) = torch.autograd.grad(h.sum(), a)
     assert torch.equal(ga1, ga2)
+
+
+def _scan_inputs(groups: int = 1, **overrides):
+    x, _ = make_selective_inputs(batch=2, seqlen=6, dim=8, dstate=4, groups=groups, has_init=True, seed=1)
+    return {**x, **overrides}
+
+
+@pytest.mark.parametrize("case", ["3d", "4d_groups", "float64", "no_optionals"])
+def test_validation_fast_path_accepts_well_formed_inputs(case):
+    """The one-pass check takes the common cases (otherwise every call would pay for the detailed checks)."""
+    from ssmkit.kernels.selective_scan import _well_formed
+
+    x = _scan_inputs(groups=2) if case == "4d_groups" else _scan_inputs()
+    if case == "float64":
+        x = {k: v.double() for k, v in x.items()}
+    if case == "no_optionals":
+        x = {**x, "D": None, "z": None, "delta_bias": None, "initial_state": None}
+    assert _well_formed(**x)
+
+
+@pytest.mark.parametrize("name,bad", [
+    ("u", torch.randn(2, 6)), ("delta", torch.randn(2, 6, 9)), ("A", torch.randn(8)), ("A", torch.randn(9, 4)),
+    ("B", torch.randn(2, 6, 5)), ("B", torch.randn(2, 6, 3, 4)), ("C", torch.randn(2, 5, 4)), ("D", torch.randn(9)),
+    ("z", torch.randn(2, 6, 7)), ("delta_bias", torch.randn(8, 1)), ("initial_state", torch.randn(2, 4, 8)),
+    ("u", torch.zeros(2, 6, 8, dtype=torch.int64)), ("A", torch.tensor(1.0)), ("B", [1.0]),
+])
+def test_validation_fast_path_rejects_bad_inputs_and_the_op_raises(name, bad):
+    """Bad inputs never pass the fast check; the op then raises the detailed error naming the argument."""
+    from ssmkit.kernels.selective_scan import _well_formed
+
+    x = _scan_inputs(**{name: bad})
+    assert not _well_formed(**x)
+    with pytest.raises((ValueError, TypeError), match=name):
+        selective_scan(**x, delta_softplus=True, backend="cpu")
+
+
+def test_final_state_and_state_gradient_layout():
+    """The kernels write the final state and d initial_state [B, D, N] directly: contiguous, equal to naive."""
+    x, _ = make_selective_inputs(batch=3, seqlen=9, dim=16, dstate=4, has_init=True, seed=4)
+    h0 = x["initial_state"].transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(True)  # strided [B, D, N]
+    args = {**x, "initial_state": h0}
+    _, state = selective_scan(**args, delta_softplus=True, return_final_state=True, backend="cpu")
+    assert state.shape == (3, 16, 4) and state.is_contiguous()
+    (g_cpu,) = torch.autograd.grad((state * torch.arange(4.0)).sum(), h0)
+    _, ref = selective_scan(**args, delta_softplus=True, return_final_state=True, backend="naive")
+    (g_ref,) = torch.autograd.grad((ref * torch.arange(4.0)).sum(), h0)
+    assert torch.allclose(state, ref, rtol=1e-5, atol=1e-6)
+    assert g_cpu.is_contiguous() and torch.allclose(g_cpu, g_ref, rtol=1e-5, atol=1e-6)

@@ -1,18 +1,22 @@
 """Selective scan, fused CPU kernel (numba): forward and backward without any [B, L, D, N] tensor.
 
 Work split: one prange task per (batch row b, tile of TD channels), TD a divisor of D // G (so a tile lies in one
-group of B/C) of at most 128 channels. A task keeps its state h [N, TD] in a small local array, computes
-exp(dt A) = 2^(dt A log2 e) on the fly with ``fast_exp2`` (A is passed transposed and pre-multiplied by log2 e), and
-loops over channels innermost (contiguous in the [B, L, D] layout), so each step is a few SIMD instructions per state
-row. softplus, the silu(z) gate and their derivatives run per (t, d) inside the same kernels.
+group of B/C) of at most 256 channels (128 at N = 16). A task keeps its state h [N, TD] in a small local array,
+computes exp(dt A) = 2^(dt A log2 e) on the fly with ``fast_exp2`` (each task copies its slice of A, transposed and
+multiplied by log2 e, into a local [N, TD] array), and loops over channels innermost (contiguous in the [B, L, D]
+layout), so each step is a few SIMD instructions per state row. softplus, the silu(z) gate and their derivatives run
+per (t, d) inside the same kernels.
 
 Memory for backward: the forward saves the state every K steps (``checkpoints`` [B, ceil(L / K), N, D]) and writes
 dt and the pre-gate output p [B, L, D] (no N axis). The backward walks the chunks from last to first, recomputes the
 K states of a chunk into a local buffer [K + 1, N, TD] (and the K decays exp(dt A), reused by the reverse walk), then
 walks that chunk in reverse with the state adjoint. Gradients that sum over channels (dB, dC) are written per tile
 into partial buffers [B, L, D / TD, N]; those that sum over batch rows (dA, dD, ddelta_bias) into per-row buffers;
-both are reduced afterwards in torch (skipped where there is a single part), so the results do not depend on the
-thread count. See ``ssmkit/kernels/README.md`` for the math and the measurements.
+both are reduced after the parallel loop by serial numba loops in a fixed order (skipped where there is a single
+part), so the results do not depend on the thread count. The initial / final states and d initial_state are read
+and written in their [B, D, N] layout by the tasks themselves (N * TD strided values per task, once), so the
+wrapper runs no torch transposes or reductions: small problems (B=32, L=16, D=64) pay little besides the two
+kernel calls. See ``ssmkit/kernels/README.md`` for the math and the measurements.
 """
 
 from __future__ import annotations
@@ -37,28 +41,33 @@ from .._numba_utils import (
 __all__ = ["selective_scan"]
 
 CHUNK = 32  # K: steps between saved states (the backward recomputes one chunk at a time)
-MAX_TILE = 128  # TD: channels per task, at most (wide tiles amortize the per-(t, n) loop overhead)
-TILE_STATE = 2048  # and TD * N at most this, so that a chunk's buffers [K + 1, N, TD] stay near L2 size
+# TD: channels per task, at most (wide tiles amortize the per-(t, n) and per-(t, d) loop overhead; small N, as
+# S-Mamba's N = 2, gets up to 256 channels), and TD * N at most TILE_STATE, so that a chunk's buffers
+# [K + 1, N, TD] stay near L2 size (N = 16 -> 128 channels)
+MAX_TILE = 256
+TILE_STATE = 2048
 
 _ZERO = np.float32(0.0)
 _ONE = np.float32(1.0)
+_LOG2E64 = np.float64(LOG2E)
+# the serial reductions of the backward: strict IEEE order (no fastmath), so their sums are fully specified
+_REDUCE_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
 
 
 @numba.njit(**JIT_OPTIONS)
-def _forward(u, delta, bias, AT2, Bm, Cm, Dv, z, h0T, lengths, expc, has_z, softplus_on, reverse, tile, chunk,
-             y, p, dt_out, finalT, checkpoints):
+def _forward(u, delta, bias, A, Bm, Cm, Dv, z, h0, lengths, expc, has_z, has_h0, softplus_on, reverse, tile, chunk,
+             y, p, dt_out, final, checkpoints):
     """Fused forward over all (batch, channel-tile) tasks; fills y, p, dt_out, finalT and checkpoints in place.
 
-    Args (float32 unless said): u, delta, z [B, L, D] (z [1, 1, 1] when has_z is False); bias [D];
-    AT2 = A^T log2(e) [N, D]; Bm, Cm [B, L, G, N]; Dv [D]; h0T [B, N, D] (the initial state, transposed so that a
-    task reads contiguous rows); lengths int64 [B]; expc = EXP2_CONSTS;
-    flags are runtime booleans; tile, chunk int.
+    Args (float32 unless said): u, delta, z [B, L, D] (z [1, 1, 1] when has_z is False); bias [D]; A [D, N];
+    Bm, Cm [B, L, G, N]; Dv [D]; h0 [B, D, N] (the initial state; [1, 1, 1] when has_h0 is False: zeros);
+    lengths int64 [B]; expc = EXP2_CONSTS; flags are runtime booleans; tile, chunk int.
     Outputs: y [B, L, D]; p [B, L, D] the output before the gate (written only when has_z); dt_out [B, L, D] the
-    step sizes (saved for the backward); positions >= length are left as the caller filled them. finalT [B, N, D],
+    step sizes (saved for the backward); positions >= length are left as the caller filled them. final [B, D, N],
     checkpoints [B, ceil(L / chunk), N, D].
     """
     batch, _, dim = u.shape
-    dstate = AT2.shape[0]
+    dstate = A.shape[1]
     per_group = dim // Bm.shape[2]
     ntiles = dim // tile
     for task in numba.prange(batch * ntiles):
@@ -71,14 +80,14 @@ def _forward(u, delta, bias, AT2, Bm, Cm, Dv, z, h0T, lengths, expc, has_z, soft
         # [B, L, D] rows are indexed with unsigned integers: no negative-index fix-up (the loops vectorize) and no
         # per-step array views (each costs a reference-count update)
         ub, ud0, utile = np.uint64(b), np.uint64(d0), np.uint64(tile)
+        # the task's slices of A^T log2(e) (rounded once from float64) and of the state, transposed to [N, TD]
         a_loc = np.empty((dstate, tile), dtype=np.float32)  # A^T log2(e) tile [N, TD]
-        h = np.empty((dstate, tile), dtype=np.float32)  # state [N, TD]
-        for n in range(dstate):
-            a_row = AT2[n, d0:d1]
-            h0_row = h0T[b, n, d0:d1]
-            for j in range(tile):
-                a_loc[n, j] = a_row[j]
-                h[n, j] = h0_row[j]
+        h = np.zeros((dstate, tile), dtype=np.float32)  # state [N, TD]
+        for j in range(tile):
+            for n in range(dstate):
+                a_loc[n, j] = np.float32(np.float64(A[d0 + j, n]) * _LOG2E64)
+                if has_h0:
+                    h[n, j] = h0[b, d0 + j, n]
         dv = Dv[d0:d1]
         bias_t = bias[d0:d1]
         dtl = np.empty(tile, dtype=np.float32)  # dt of the step
@@ -121,24 +130,26 @@ def _forward(u, delta, bias, AT2, Bm, Cm, Dv, z, h0T, lengths, expc, has_z, soft
             else:
                 for j in range(utile):
                     y[ub, ut, ud0 + j] = acc[j]
-        for n in range(dstate):
-            final_row = finalT[b, n, d0:d1]
-            for j in range(tile):
-                final_row[j] = h[n, j]
+        for j in range(tile):
+            for n in range(dstate):
+                final[b, d0 + j, n] = h[n, j]
 
 
 @numba.njit(**JIT_OPTIONS)
-def _backward(u, delta, bias, dt, AT, AT2, Bm, Cm, Dv, z, p, lengths, expc, has_z, softplus_on, reverse, tile, chunk,
-              checkpoints, gy, gfinalT, du, ddelta, dz, dA_rows, dB_tiles, dC_tiles, dD_rows, dbias_rows, dh0T):
+def _backward(u, delta, bias, dt, A, Bm, Cm, Dv, z, p, lengths, expc, has_z, has_gfinal, softplus_on, reverse, tile,
+              chunk, checkpoints, gy, gfinal, du, ddelta, dz, dA_rows, dB_tiles, dC_tiles, dD_rows, dbias_rows, dh0,
+              dA, dD, dbias, dB, dC):
     """Fused backward with chunked recomputation; fills the gradient buffers in place.
 
-    Args: the forward inputs and flags (plus AT = A^T [N, D]), dt and p (p = y without z) from the forward,
-    checkpoints, gy [B, L, D], gfinalT [B, N, D]. Outputs: du, ddelta, dz [B, L, D] (zero-filled by the caller where
-    some positions are >= length); dA_rows [B, N, D]; dB_tiles, dC_tiles [B, L, D / tile, N] (same rule);
-    dD_rows, dbias_rows [B, D]; dh0T [B, N, D]. States and their gradients are [B, N, D] so that rows are contiguous.
+    Args: the forward inputs and flags, dt and p (p = y without z) from the forward, checkpoints, gy [B, L, D],
+    gfinal [B, D, N] ([1, 1, 1] when has_gfinal is False: zeros). Outputs: du, ddelta, dz [B, L, D] (zero-filled by
+    the caller where some positions are >= length); dh0 [B, D, N]; per-task partial sums dA_rows [B, N, D],
+    dD_rows, dbias_rows [B, D] and dB_tiles, dC_tiles [B, L, D / tile, N] (same zero rule), reduced after the
+    parallel loop, in a fixed order, into dA [D, N], dD, dbias [D] and (when there are more tiles than groups)
+    dB, dC [B, L, G, N].
     """
-    batch, _, dim = u.shape
-    dstate = AT.shape[0]
+    batch, seqlen, dim = u.shape
+    dstate = A.shape[1]
     per_group = dim // Bm.shape[2]
     ntiles = dim // tile
     for task in numba.prange(batch * ntiles):
@@ -165,14 +176,11 @@ def _backward(u, delta, bias, dt, AT, AT2, Bm, Cm, Dv, z, p, lengths, expc, has_
         sum_wa = np.empty(tile, dtype=np.float32)  # sum_n G~_n a_n h_{t-1,n} A_n  (-> ddt)
         dtu = np.empty(tile, dtype=np.float32)
         w = np.empty(tile, dtype=np.float32)
-        for n in range(dstate):
-            a_row = AT[n, d0:d1]
-            a2_row = AT2[n, d0:d1]
-            gf_row = gfinalT[b, n, d0:d1]
-            for j in range(tile):
-                a_loc[n, j] = a_row[j]
-                a2_loc[n, j] = a2_row[j]
-                dh[n, j] = gf_row[j]
+        for j in range(tile):
+            for n in range(dstate):
+                a_loc[n, j] = A[d0 + j, n]
+                a2_loc[n, j] = np.float32(np.float64(A[d0 + j, n]) * _LOG2E64)
+                dh[n, j] = gfinal[b, d0 + j, n] if has_gfinal else _ZERO
         dv = Dv[d0:d1]
         bias_t = bias[d0:d1]
         nchunks = (length + chunk - 1) // chunk
@@ -249,13 +257,54 @@ def _backward(u, delta, bias, dt, AT, AT2, Bm, Cm, Dv, z, p, lengths, expc, has_
                     dbias_loc[j] += w[j]
         for n in range(dstate):
             dA_row = dA_rows[b, n, d0:d1]
-            dh0_row = dh0T[b, n, d0:d1]
             for j in range(tile):
                 dA_row[j] = dA_loc[n, j]
-                dh0_row[j] = dh[n, j]
+        for j in range(tile):
+            for n in range(dstate):
+                dh0[b, d0 + j, n] = dh[n, j]
         for j in range(tile):
             dD_rows[b, d0 + j] = dD_loc[j]
             dbias_rows[b, d0 + j] = dbias_loc[j]
+    _reduce_rows(dA_rows, dD_rows, dbias_rows, dA, dD, dbias)
+    if dB.shape[2] != dB_tiles.shape[2]:
+        _reduce_tiles(dB_tiles, dB)
+        _reduce_tiles(dC_tiles, dC)
+
+
+@numba.njit(**_REDUCE_OPTIONS)
+def _reduce_rows(dA_rows, dD_rows, dbias_rows, dA, dD, dbias):
+    """Sums over the batch rows in the order b = 0, 1, ...: dA [D, N] from dA_rows [B, N, D], dD, dbias [D]."""
+    batch, dstate, dim = dA_rows.shape
+    acc = dA_rows[0].copy()  # [N, D]
+    for b in range(1, batch):
+        for n in range(dstate):
+            for d in range(dim):
+                acc[n, d] += dA_rows[b, n, d]
+    for d in range(dim):
+        for n in range(dstate):
+            dA[d, n] = acc[n, d]
+    for d in range(dim):
+        dD[d] = dD_rows[0, d]
+        dbias[d] = dbias_rows[0, d]
+    for b in range(1, batch):
+        for d in range(dim):
+            dD[d] += dD_rows[b, d]
+            dbias[d] += dbias_rows[b, d]
+
+
+@numba.njit(**_REDUCE_OPTIONS)
+def _reduce_tiles(tiles, out):
+    """Sums the channel tiles of each group in tile order: tiles [B, L, T, N] -> out [B, L, G, N] (T multiple of G)."""
+    batch, seqlen, ntiles, dstate = tiles.shape
+    per_group = ntiles // out.shape[2]
+    for b in range(batch):
+        for t in range(seqlen):
+            for g in range(out.shape[2]):
+                for n in range(dstate):
+                    acc = tiles[b, t, g * per_group, n]
+                    for k in range(1, per_group):
+                        acc += tiles[b, t, g * per_group + k, n]
+                    out[b, t, g, n] = acc
 
 
 def _lengths_np(lengths: torch.Tensor | None, batch: int, seqlen: int) -> np.ndarray:
@@ -264,93 +313,83 @@ def _lengths_np(lengths: torch.Tensor | None, batch: int, seqlen: int) -> np.nda
     return lengths.detach().to(torch.int64).contiguous().numpy()
 
 
-def _row_sum(rows: np.ndarray) -> torch.Tensor:
-    """Sum over the leading axis in a fixed order (no copy when there is one row)."""
-    t = torch.from_numpy(rows)
-    return t[0] if t.shape[0] == 1 else t.sum(0)
+def _as(grad: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """``grad`` as a tensor in the dtype of ``like`` (no copy when it is float32)."""
+    t = torch.from_numpy(grad)
+    return t if like.dtype == torch.float32 else t.to(like.dtype)
 
 
-def _as(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``grad`` in the dtype of ``like`` (returned as is when it matches)."""
-    return grad if grad.dtype == like.dtype else grad.to(like.dtype)
-
-
-_DUMMY_BLD = np.zeros((1, 1, 1), dtype=np.float32)  # stands in for an absent [B, L, D] tensor (never read)
+_DUMMY = np.zeros((1, 1, 1), dtype=np.float32)  # stands in for an absent [B, L, D] or [B, D, N] array (never read)
 
 
 class _SelectiveScanCPU(torch.autograd.Function):
-    """autograd wrapper: numba forward, numba backward with recomputation."""
+    """autograd wrapper: numba forward, numba backward with recomputation.
+
+    The float32 inputs are handed to numba as numpy views (copies only for other dtypes or strides), the kernels
+    read and write A [D, N] and the states [B, D, N] in place (no transposes in torch) and reduce the gradients
+    over batch rows and channel tiles themselves, so the wrapper adds few torch operations to the two kernel calls.
+    """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, delta_softplus, reverse):
         batch, seqlen, dim = u.shape
         dstate, groups = A.shape[1], B.shape[2]
         tile = tile_width(dim // groups, min(MAX_TILE, max(8, TILE_STATE // dstate)))
-        arrays = dict(
-            u=to_f32(u), delta=to_f32(delta),
-            bias=to_f32(delta_bias) if delta_bias is not None else np.zeros(dim, dtype=np.float32),
-            AT=to_f32(A.t()), AT2=to_f32(A.detach().t().double() * LOG2E), Bm=to_f32(B), Cm=to_f32(C),
-            Dv=to_f32(D) if D is not None else np.zeros(dim, dtype=np.float32),
-            z=to_f32(z) if z is not None else _DUMMY_BLD, lengths=_lengths_np(lengths, batch, seqlen),
-        )
-        h0T = (to_f32(initial_state.transpose(1, 2)) if initial_state is not None
-               else np.zeros((batch, dstate, dim), dtype=np.float32))  # [B, N, D]
+        arrays = (to_f32(u), to_f32(delta),
+                  to_f32(delta_bias) if delta_bias is not None else np.zeros(dim, dtype=np.float32),
+                  to_f32(A), to_f32(B), to_f32(C), to_f32(D) if D is not None else np.zeros(dim, dtype=np.float32),
+                  to_f32(z) if z is not None else _DUMMY, _lengths_np(lengths, batch, seqlen))
+        h0 = to_f32(initial_state) if initial_state is not None else _DUMMY  # [B, D, N]
         partial = lengths is not None and bool((lengths < seqlen).any())
         new = np.zeros if partial else np.empty  # positions >= length must read as 0
         y = new((batch, seqlen, dim), dtype=np.float32)
         p = new((batch, seqlen, dim), dtype=np.float32) if z is not None else y
         dt = np.empty((batch, seqlen, dim), dtype=np.float32)
-        finalT = np.empty((batch, dstate, dim), dtype=np.float32)
+        final = np.empty((batch, dim, dstate), dtype=np.float32)
         checkpoints = np.empty((batch, (seqlen + CHUNK - 1) // CHUNK, dstate, dim), dtype=np.float32)
-        a = arrays
-        _forward(a["u"], a["delta"], a["bias"], a["AT2"], a["Bm"], a["Cm"], a["Dv"], a["z"], h0T, a["lengths"],
-                 EXP2_CONSTS, z is not None, delta_softplus, reverse, tile, CHUNK, y, p, dt, finalT, checkpoints)
+        _forward(*arrays[:8], h0, arrays[8], EXP2_CONSTS, z is not None, initial_state is not None, delta_softplus,
+                 reverse, tile, CHUNK, y, p, dt, final, checkpoints)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, lengths)
         ctx.kernel_state = (arrays, dt, p, checkpoints, partial)  # the float32 views / copies, reused
         ctx.flags = (delta_softplus, reverse, tile)
-        return _as(torch.from_numpy(y), u), torch.from_numpy(finalT).transpose(1, 2).contiguous()  # [B, D, N]
+        ctx.set_materialize_grads(False)  # an unused output gets no zero-filled gradient
+        y_t = torch.from_numpy(y)
+        return (y_t if u.dtype == torch.float32 else y_t.to(u.dtype)), torch.from_numpy(final)  # [B, D, N]
 
     @staticmethod
     def backward(ctx, gy, gfinal):
         u, delta, A, B, C, D, z, delta_bias, initial_state, lengths = ctx.saved_tensors
-        a, dt, p, checkpoints, partial = ctx.kernel_state
+        arrays, dt, p, checkpoints, partial = ctx.kernel_state
         delta_softplus, reverse, tile = ctx.flags
         batch, seqlen, dim = u.shape
         dstate, groups = A.shape[1], B.shape[2]
         ntiles = dim // tile
-        gy_np = to_f32(gy) if gy is not None else np.zeros((batch, seqlen, dim), dtype=np.float32)
-        gfT = (to_f32(gfinal.transpose(1, 2)) if gfinal is not None
-               else np.zeros((batch, dstate, dim), dtype=np.float32))  # [B, N, D]
+        f32 = np.float32
+        gy_np = to_f32(gy) if gy is not None else np.zeros((batch, seqlen, dim), dtype=f32)
         new = np.zeros if partial else np.empty  # positions >= length must read as 0
-        du = new((batch, seqlen, dim), dtype=np.float32)
-        ddelta = new((batch, seqlen, dim), dtype=np.float32)
-        dz = new((batch, seqlen, dim), dtype=np.float32) if z is not None else _DUMMY_BLD
-        dB_tiles = new((batch, seqlen, ntiles, dstate), dtype=np.float32)
-        dC_tiles = new((batch, seqlen, ntiles, dstate), dtype=np.float32)
-        dA_rows = np.empty((batch, dstate, dim), dtype=np.float32)
-        dD_rows = np.empty((batch, dim), dtype=np.float32)
-        dbias_rows = np.empty((batch, dim), dtype=np.float32)
-        dh0T = np.empty((batch, dstate, dim), dtype=np.float32)
-        _backward(a["u"], a["delta"], a["bias"], dt, a["AT"], a["AT2"], a["Bm"], a["Cm"], a["Dv"], a["z"], p,
-                  a["lengths"], EXP2_CONSTS, z is not None, delta_softplus, reverse, tile, CHUNK, checkpoints, gy_np,
-                  gfT, du, ddelta, dz, dA_rows, dB_tiles, dC_tiles, dD_rows, dbias_rows, dh0T)
-
-        def group_sum(tiles: np.ndarray) -> torch.Tensor:
-            t = torch.from_numpy(tiles)  # [B, L, ntiles, N]
-            return t if ntiles == groups else t.view(batch, seqlen, groups, ntiles // groups, dstate).sum(3)
-
-        # contiguous gradients in the inputs' dtypes (no cast or copy when they already match)
+        du = new((batch, seqlen, dim), dtype=f32)
+        ddelta = new((batch, seqlen, dim), dtype=f32)
+        dz = new((batch, seqlen, dim), dtype=f32) if z is not None else _DUMMY
+        dB_tiles = new((batch, seqlen, ntiles, dstate), dtype=f32)
+        dC_tiles = new((batch, seqlen, ntiles, dstate), dtype=f32)
+        dB = dB_tiles if ntiles == groups else np.empty((batch, seqlen, groups, dstate), dtype=f32)
+        dC = dC_tiles if ntiles == groups else np.empty((batch, seqlen, groups, dstate), dtype=f32)
+        dA_rows, dD_rows, dbias_rows = np.empty((batch, dstate, dim), f32), np.empty((batch, dim), f32), np.empty(
+            (batch, dim), f32)
+        dA, dD, dbias = np.empty((dim, dstate), f32), np.empty(dim, f32), np.empty(dim, f32)
+        dh0 = np.empty((batch, dim, dstate), dtype=f32)
+        u_np, delta_np, bias, A_np, Bm, Cm, Dv, z_np, lengths_np = arrays
+        _backward(u_np, delta_np, bias, dt, A_np, Bm, Cm, Dv, z_np, p, lengths_np, EXP2_CONSTS, z is not None,
+                  gfinal is not None, delta_softplus, reverse, tile, CHUNK, checkpoints, gy_np,
+                  to_f32(gfinal) if gfinal is not None else _DUMMY, du, ddelta, dz, dA_rows, dB_tiles, dC_tiles,
+                  dD_rows, dbias_rows, dh0, dA, dD, dbias, dB, dC)
+        # gradients in the inputs' dtypes (no cast or copy when they are float32)
         grads = (
-            _as(torch.from_numpy(du), u),
-            _as(torch.from_numpy(ddelta), delta),
-            _as(_row_sum(dA_rows).t().contiguous(), A),  # [D, N]
-            _as(group_sum(dB_tiles), B),  # [B, L, G, N]
-            _as(group_sum(dC_tiles), C),
-            _as(_row_sum(dD_rows), D) if D is not None else None,
-            _as(torch.from_numpy(dz), z) if z is not None else None,
-            _as(_row_sum(dbias_rows), delta_bias) if delta_bias is not None else None,
-            _as(torch.from_numpy(dh0T).transpose(1, 2).contiguous(), initial_state) if initial_state is not None
-            else None,
+            _as(du, u), _as(ddelta, delta), _as(dA, A), _as(dB, B), _as(dC, C),
+            _as(dD, D) if D is not None else None,
+            _as(dz, z) if z is not None else None,
+            _as(dbias, delta_bias) if delta_bias is not None else None,
+            _as(dh0, initial_state) if initial_state is not None else None,
         )
         return (*grads, None, None, None)
 

@@ -98,7 +98,9 @@ class SMamba(nn.Module):
         h = self.embed_dropout(self.embed(tokens.transpose(1, 2)))  # [B, T, E]
         for layer in self.layers:
             h = layer(h)
-        out = self.head(self.norm(h)).transpose(1, 2)[:, :, : self.n_vars]  # [B, S, N]
+        # the norm and the head act per token: only the variate tokens are projected (the time-feature tokens'
+        # outputs are dropped, as in the official code, which projects them too)
+        out = self.head(self.norm(h[:, : self.n_vars])).transpose(1, 2)  # [B, S, N]
         if self.use_norm:
             out = out * std + mean
         return out

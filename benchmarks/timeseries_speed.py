@@ -1,0 +1,181 @@
+"""Speed of one S-Mamba ETTh1-96 training epoch on the CPU, per scan backend, measured in one run (issue #4).
+
+The model, optimizer, data and batch size are those of ``configs/timeseries/s_mamba/ETTh1_96.yaml`` (bundled ETTh1,
+8449 training windows, batch 32, drop_last: 264 steps). For each backend the script builds the model from the same
+seed and times one epoch of the plain training loop (data loading, forward, MSE, backward, Adam step; no
+Lightning), then reports the mean training loss and the validation MSE after the epoch, so that the backends are
+seen to train the same model. It then times one full Lightning epoch (``Trainer.fit``, training only, no
+validation, no checkpoint or logger) of the cpu backend with the module and data module of the CLI.
+
+Usage:
+    OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/timeseries_speed.py                # cpu, naive, torch
+    python benchmarks/timeseries_speed.py --backends cpu,naive --out /tmp/ts_speed                 # elsewhere
+
+Writes ``benchmarks/results/timeseries_speed-cpu.json`` and ``.md`` (atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numba
+import torch
+import torch.nn.functional as F
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import device_name  # noqa: E402
+
+from ssmkit.core.io import write_text_atomic  # noqa: E402
+from ssmkit.core.registry import create_model  # noqa: E402
+from ssmkit.timeseries.data import TimeSeriesDataModule  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "timeseries" / "s_mamba" / "ETTh1_96.yaml"
+RESULTS = ROOT / "benchmarks" / "results" / "timeseries_speed-cpu"
+OFFICIAL_EPOCH_S = 41.0  # the official S-D-Mamba code on this machine (issue #4), for the ratio column
+
+
+def load_config() -> dict:
+    with open(CONFIG) as f:
+        return yaml.safe_load(f)
+
+
+def make_data(cfg: dict) -> TimeSeriesDataModule:
+    data = TimeSeriesDataModule(**cfg["data"])
+    data.setup("fit")
+    return data
+
+
+def build(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam: bool):
+    """The configured S-Mamba and its Adam, from the config's seed (identical initial weights for every backend)."""
+    torch.manual_seed(cfg["seed_everything"])
+    hp = cfg["data"]
+    model = create_model(cfg["model"]["model_name"], seq_len=hp["seq_len"], pred_len=hp["pred_len"],
+                         n_vars=data.n_vars, backend=backend, **cfg["model"]["model_kwargs"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(cfg["model"]["lr"]),
+                                 **({"fused": True} if fused_adam else {}))
+    return model, optimizer
+
+
+def train_epoch(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam: bool = False) -> dict:
+    """One epoch of the plain training loop; returns wall / process seconds, steps, mean loss and val MSE."""
+    model, optimizer = build(cfg, data, backend, fused_adam)
+    pred_len = cfg["data"]["pred_len"]
+    torch.manual_seed(cfg["seed_everything"])  # the same shuffling and dropout masks for every backend
+    loader = data.train_dataloader()
+    model.train()
+    losses = []
+    wall, cpu = time.perf_counter(), time.process_time()
+    for batch in loader:
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.mse_loss(model(batch["x"], batch["x_mark"]), batch["y"][:, -pred_len:])
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    model.eval()
+    se, count = 0.0, 0
+    with torch.no_grad():
+        for batch in data.val_dataloader():
+            err = model(batch["x"], batch["x_mark"]) - batch["y"][:, -pred_len:]  # [B, S, N]
+            se += float(err.double().square().sum())
+            count += err.numel()
+    return dict(backend=backend + (" + fused Adam" if fused_adam else ""), wall_s=wall, process_s=cpu,
+                steps=len(losses), process_ms_per_step=1e3 * cpu / len(losses),
+                train_loss=float(torch.stack(losses).double().mean()), val_mse=se / count)
+
+
+def lightning_epoch(cfg: dict) -> dict:
+    """One ``Trainer.fit`` epoch (training only) of the cpu backend with the CLI's module and data module."""
+    import lightning as L
+
+    from ssmkit.timeseries.module import Forecaster
+
+    L.seed_everything(cfg["seed_everything"], verbose=False)
+    data = TimeSeriesDataModule(**cfg["data"])
+    model_cfg = {k: v for k, v in cfg["model"].items() if k != "model_kwargs"}
+    model_cfg["lr"] = float(model_cfg["lr"])  # YAML 1.1 reads "7e-05" as a string (the CLI's parser converts it)
+    module = Forecaster(**model_cfg, model_kwargs={**cfg["model"]["model_kwargs"], "backend": "cpu"},
+                        seq_len=cfg["data"]["seq_len"], pred_len=cfg["data"]["pred_len"], n_vars=data.n_vars,
+                        features=cfg["data"]["features"])
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    wall, cpu = time.perf_counter(), time.process_time()
+    trainer.fit(module, datamodule=data)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    steps = trainer.global_step
+    return dict(backend="cpu (Lightning Trainer.fit)", wall_s=wall, process_s=cpu, steps=steps,
+                process_ms_per_step=1e3 * cpu / max(steps, 1), train_loss=None, val_mse=None)
+
+
+def markdown(result: dict) -> str:
+    head = (f"## S-Mamba ETTh1-96, one training epoch on {result['device']} ({result['threads']} thread(s), "
+            f"torch {result['torch']}, {result['date']})\n\nCommand: `{result['command']}`\n\n"
+            "| loop | backend | wall (s) | process (s) | steps | process ms / step | x naive (process) "
+            "| x official (41 s) / process | mean train loss | val MSE after 1 epoch |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
+    naive = next((r["process_s"] for r in result["rows"] if r["backend"] == "naive"), None)
+    lines = []
+    for r in result["rows"]:
+        loop = "Lightning" if "Lightning" in r["backend"] else "plain"
+        ratio = f"{naive / r['process_s']:.2f}" if naive and loop == "plain" else ""
+        loss = "" if r["train_loss"] is None else f"{r['train_loss']:.5f}"
+        val = "" if r["val_mse"] is None else f"{r['val_mse']:.5f}"
+        lines.append(f"| {loop} | {r['backend']} | {r['wall_s']:.2f} | {r['process_s']:.2f} | {r['steps']} | "
+                     f"{1e3 * r['process_s'] / r['steps']:.1f} | {ratio} | {OFFICIAL_EPOCH_S / r['process_s']:.2f} | "
+                     f"{loss} | {val} |")
+    note = ("\nThe machine's 2 cores are shared with other jobs, so wall time includes waiting for a core; process "
+            "time (time.process_time) is the CPU time of this process and the ratios use it. The official time (41 s "
+            "per epoch) is the figure of issue #4.\n")
+    return head + "\n".join(lines) + "\n" + note
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default="cpu,naive,torch", help="comma-separated scan backends")
+    parser.add_argument("--threads", type=int, default=1, help="torch and numba threads")
+    parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning epoch")
+    parser.add_argument("--no-fused-adam", action="store_true", help="skip the cpu + fused Adam row")
+    parser.add_argument("--out", default=str(RESULTS), help="output path without suffix (.json and .md are written)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    numba.set_num_threads(args.threads)
+    cfg = load_config()
+    data = make_data(cfg)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    warm_model, _ = build(cfg, data, backends[0], fused_adam=False)  # warm-up (numba cache load), not timed
+    batch = next(iter(data.train_dataloader()))
+    for _ in range(3):
+        warm_model(batch["x"], batch["x_mark"]).sum().backward()
+    rows = []
+    for backend in backends:
+        rows.append(train_epoch(cfg, data, backend))
+        print(json.dumps(rows[-1]), flush=True)
+    if "cpu" in backends and not args.no_fused_adam:
+        rows.append(train_epoch(cfg, data, "cpu", fused_adam=True))
+        print(json.dumps(rows[-1]), flush=True)
+    if not args.no_lightning:
+        rows.append(lightning_epoch(cfg))
+        print(json.dumps(rows[-1]), flush=True)
+    result = dict(device=device_name("cpu"), threads=args.threads, torch=torch.__version__,
+                  date=time.strftime("%Y-%m-%d"), machine="CPU, shared 2-core machine (other jobs running)",
+                  omp_num_threads=os.environ.get("OMP_NUM_THREADS"), numba_num_threads=numba.get_num_threads(),
+                  command=("python benchmarks/timeseries_speed.py " + " ".join(argv if argv is not None
+                                                                             else sys.argv[1:])).strip(),
+                  rows=rows)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
