@@ -121,7 +121,7 @@ class Forecaster(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         opt_class = torch.optim.Adam if hp.optimizer == "adam" else torch.optim.AdamW
-        optimizer = opt_class(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = opt_class(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay, fused=True)
         if hp.lr_schedule == "constant":
             return optimizer
         if hp.lr_schedule == "timm_cosine":
