@@ -20,9 +20,10 @@ The test also requires finite outputs, a gradient for every trainable parameter,
 ``set_grad_checkpointing(True)`` where the model has it, and two equal forwards in eval mode.
 
 Discovery: ``list_models`` / ``create_model`` / ``model_info`` import ``ssmkit.core.backbones`` and each domain package
-that is installed (``ssmkit.vision``, ``ssmkit.timeseries``, ``ssmkit.recsys``, ``ssmkit.graphs``,
-``ssmkit.synthetic``) and, if the domain has a ``models`` subpackage, every public module in it (one file per family,
-each registering its models on import); an absent domain is skipped, a broken one raises.
+that is installed (``ssmkit.timeseries``, ``ssmkit.recsys``, ``ssmkit.synthetic``, ``ssmkit.vision``,
+``ssmkit.graphs``; lazily: ``create_model`` stops at the domain that registers the name, ``list_models(domain=...)``
+imports that domain only) and, if the domain has a ``models`` subpackage, every public module in it (one file per
+family, each registering its models on import); an absent domain is skipped, a broken one raises.
 The domains are imported by name at run time, so ``core`` keeps its place below them in the layering.
 """
 
@@ -43,7 +44,7 @@ from torch import nn
 
 ExampleInput = Callable[[nn.Module, int], tuple[dict[str, Any], tuple[int, ...]]]
 
-DOMAIN_PACKAGES = ("vision", "timeseries", "recsys", "graphs", "synthetic")
+DOMAIN_PACKAGES = ("timeseries", "recsys", "synthetic", "vision", "graphs")  # the quick imports first
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-_discovered = False
+_imported_domains: set[str] = set()
 
 
 def register_model(
@@ -121,16 +122,12 @@ def register_model(
     return decorator(fn) if fn is not None else decorator
 
 
-def _discover() -> None:
-    """Import the core test backbones and every installed domain package once, so their models register."""
-    global _discovered
-    if _discovered:
+def _import_domain(domain: str) -> None:
+    """Import one installed domain package and every public module of its ``models`` subpackage (once)."""
+    if domain in _imported_domains:
         return
-    importlib.import_module("ssmkit.core.backbones")
-    for domain in DOMAIN_PACKAGES:
-        package = f"ssmkit.{domain}"
-        if importlib.util.find_spec(package) is None:
-            continue
+    package = f"ssmkit.{domain}"
+    if importlib.util.find_spec(package) is not None:
         try:
             importlib.import_module(package)
             if importlib.util.find_spec(f"{package}.models") is not None:
@@ -140,13 +137,29 @@ def _discover() -> None:
                         importlib.import_module(f"{package}.models.{info.name}")
         except ImportError as err:
             raise ImportError(f"registry: domain package {package} exists but failed to import: {err}") from err
-    _discovered = True
+    _imported_domains.add(domain)
+
+
+def _discover(name: str | None = None, domain: str | None = None) -> None:
+    """Import the core test backbones and the installed domain packages, so their models register.
+
+    Domains are imported lazily (timm and torch_geometric take seconds to import): with ``name``, only until that
+    name is registered; with ``domain``, only that domain; otherwise all of them.
+    """
+    importlib.import_module("ssmkit.core.backbones")
+    if domain in DOMAIN_PACKAGES:
+        _import_domain(domain)
+        return
+    for package in DOMAIN_PACKAGES:
+        if name is not None and name in _REGISTRY:
+            return
+        _import_domain(package)
 
 
 def _entry(name: str) -> ModelEntry:
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str, got {type(name).__name__}")
-    _discover()
+    _discover(name=name)
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f"; did you mean {close}?" if close else "; see ssmkit.list_models()"
@@ -164,7 +177,7 @@ def list_models(domain: str | None = None, pattern: str | None = None) -> list[s
     Returns:
         Model names.
     """
-    _discover()
+    _discover(domain=domain)
     names = [n for n, e in _REGISTRY.items() if domain is None or e.domain == domain]
     if pattern is not None:
         names = fnmatch.filter(names, pattern)

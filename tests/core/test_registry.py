@@ -93,17 +93,22 @@ def test_discovery_imports_model_files_skips_absent_and_reports_broken_domains(i
                  "ssmkit.brokendomain"):
         monkeypatch.setitem(sys.modules, name, None)  # restored (removed) after the test
         del sys.modules[name]
-    monkeypatch.setattr(registry, "_discovered", False)
+    monkeypatch.setattr(registry, "_imported_domains", set())
     monkeypatch.setattr(registry, "DOMAIN_PACKAGES", ("no_such_domain", "fakedomain"))
     assert list_models(domain="fake") == ["fake_tiny"]
     assert model_info("fake_tiny")["family"] == "tinyfam"
     broken = tmp_path / "brokendomain"
     broken.mkdir()
     (broken / "__init__.py").write_text("import a_module_that_does_not_exist\n")
-    monkeypatch.setattr(registry, "_discovered", False)
-    monkeypatch.setattr(registry, "DOMAIN_PACKAGES", ("brokendomain",))
+    # lazy: a name is looked up domain by domain, so the broken domain after it is not imported yet
+    monkeypatch.setattr(registry, "_imported_domains", set())
+    monkeypatch.setattr(registry, "DOMAIN_PACKAGES", ("fakedomain", "brokendomain"))
+    assert model_info("fake_tiny")["domain"] == "fake"
+    assert "brokendomain" not in registry._imported_domains
     with pytest.raises(ImportError, match="ssmkit.brokendomain exists but failed to import"):
         list_models()
+    with pytest.raises(ImportError, match="ssmkit.brokendomain exists but failed to import"):
+        create_model("a_name_nobody_registers")
 
 
 def test_pretrained_path_true_and_errors(isolated, tmp_path):
