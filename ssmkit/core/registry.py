@@ -23,7 +23,8 @@ Discovery: ``list_models`` / ``create_model`` / ``model_info`` import ``ssmkit.c
 that is installed (``ssmkit.timeseries``, ``ssmkit.recsys``, ``ssmkit.synthetic``, ``ssmkit.vision``,
 ``ssmkit.graphs``; lazily: ``create_model`` stops at the domain that registers the name, ``list_models(domain=...)``
 imports that domain only) and, if the domain has a ``models`` subpackage, every public module in it (one file per
-family, each registering its models on import); an absent domain is skipped, a broken one raises.
+family, each registering its models on import); an absent domain, or one whose optional extra is not installed,
+is skipped; a broken one raises.
 The domains are imported by name at run time, so ``core`` keeps its place below them in the layering.
 """
 
@@ -44,6 +45,8 @@ from torch import nn
 
 ExampleInput = Callable[[nn.Module, int], tuple[dict[str, Any], tuple[int, ...]]]
 
+# Third-party packages of the optional extras: a domain that needs a missing one is skipped by discovery.
+OPTIONAL_DEPENDENCIES = frozenset({"torch_geometric"})
 DOMAIN_PACKAGES = ("timeseries", "recsys", "synthetic", "vision", "graphs")  # the quick imports first
 
 
@@ -136,7 +139,9 @@ def _import_domain(domain: str) -> None:
                     if not info.name.startswith("_"):
                         importlib.import_module(f"{package}.models.{info.name}")
         except ImportError as err:
-            raise ImportError(f"registry: domain package {package} exists but failed to import: {err}") from err
+            if getattr(err, "name", None) not in OPTIONAL_DEPENDENCIES:
+                raise ImportError(f"registry: domain package {package} exists but failed to import: {err}") from err
+            # an extra that is not installed (pip install 'ssmkit[graphs]'): that domain has no models here
     _imported_domains.add(domain)
 
 

@@ -109,6 +109,12 @@ def test_discovery_imports_model_files_skips_absent_and_reports_broken_domains(i
         list_models()
     with pytest.raises(ImportError, match="ssmkit.brokendomain exists but failed to import"):
         create_model("a_name_nobody_registers")
+    # a domain whose optional extra is missing (ssmkit.graphs without torch_geometric) is skipped, not an error
+    (broken / "__init__.py").write_text(
+        "raise ImportError(\"install the extra: pip install 'ssmkit[graphs]'\", name='torch_geometric')\n")
+    sys.modules.pop("ssmkit.brokendomain", None)
+    monkeypatch.setattr(registry, "_imported_domains", set())
+    assert list_models(domain="fake") == ["fake_tiny"]
 
 
 def test_pretrained_path_true_and_errors(isolated, tmp_path):
