@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ssmkit.core.evaluation import cpu_name
 from ssmkit.core.io import write_text_atomic
 
 from .data import DATASETS
@@ -68,17 +68,6 @@ def run_one(config: str, seed: int, data_args: list[str], root: Path, metric: st
                 test_seconds=round(time.perf_counter() - test_start, 1), model=cli.model.hparams.model_name,
                 epochs=cli.trainer.max_epochs)
 
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def evaluate(opts: argparse.Namespace, overrides: list[str], argv: Sequence[str]) -> dict:

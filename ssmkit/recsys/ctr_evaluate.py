@@ -9,9 +9,7 @@ retrieved (reference/recsys_graphs.md section 2.4), so no paper column is printe
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -19,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ssmkit.core.evaluation import cpu_name, evaluation_parser, output_folder
 from ssmkit.core.io import write_text_atomic
 from ssmkit.core.lightning_cli import SsmkitCLI, run_cli
 
@@ -53,17 +52,6 @@ def run_seed(config: str, seed: int, root: Path, ckpt: str | None, overrides: Se
                 fit_seconds=round(fit_s, 1), test_seconds=round(time.perf_counter() - test_start, 1), cli=cli)
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def summarize(runs: list[dict]) -> dict:
     """Mean and population std of each metric over the runs."""
@@ -76,22 +64,10 @@ def summarize(runs: list[dict]) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv`` and run the evaluation; returns the result dict that is also written as JSON."""
-    parser = argparse.ArgumentParser(prog="ssmkit recsys evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="a configs/recsys/{dare,twin}/... YAML")
-    parser.add_argument("--ckpt", default=None, help="evaluate this trained checkpoint instead of training")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1])
-    parser.add_argument("--out", default=None, help="output folder (default: the config's default_root_dir)")
+    parser = evaluation_parser("ssmkit recsys evaluate", __doc__, "a configs/recsys/{dare,twin}/... YAML",
+                               default_seeds=[1])
     opts, overrides = parser.parse_known_args(argv)
-    if not Path(opts.config).is_file():
-        parser.error(f"--config: expected an existing YAML file, found {opts.config!r}")
-    if opts.ckpt is not None and not Path(opts.ckpt).is_file():
-        parser.error(f"--ckpt: expected an existing checkpoint file, found {opts.ckpt!r}")
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(opts.config)
-    root = Path(opts.out or OmegaConf.select(cfg, "trainer.default_root_dir", default="runs/recsys/evaluate"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = output_folder(parser, opts, default="runs/recsys/evaluate")
     runs = [run_seed(opts.config, seed, root, opts.ckpt, overrides) for seed in opts.seeds]
     model, data = runs[-1]["cli"].model, runs[-1]["cli"].datamodule
     result = dict(

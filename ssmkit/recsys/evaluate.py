@@ -8,9 +8,7 @@ Writes ``evaluation.json`` and ``evaluation.md`` atomically into ``--out`` (defa
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ssmkit.core.evaluation import cpu_name, evaluation_parser, output_folder
 from ssmkit.core.io import write_text_atomic
 
 # Mamba4Rec paper (arXiv 2403.03900), ML-1M, max_len 200 (quoted in chengkai-liu/Mamba4Rec issues #1 and #3).
@@ -58,37 +57,14 @@ def run_seed(config: str, seed: int, root: Path, ckpt: str | None, overrides: Se
                 n_items=cli.datamodule.n_items)
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv`` and run the evaluation; returns the result dict that is also written as JSON."""
-    parser = argparse.ArgumentParser(prog="ssmkit recsys evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="a configs/recsys/<model>/<dataset>.yaml")
-    parser.add_argument("--ckpt", default=None, help="evaluate this trained checkpoint instead of training")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[2020])
-    parser.add_argument("--out", default=None, help="output folder (default: the config's default_root_dir)")
     argv = list(argv or [])
+    parser = evaluation_parser("ssmkit recsys evaluate", __doc__, "a configs/recsys/<model>/<dataset>.yaml",
+                               default_seeds=[2020])
     opts, overrides = parser.parse_known_args(argv)
-    if not Path(opts.config).is_file():
-        parser.error(f"--config: expected an existing YAML file, found {opts.config!r}")
-    if opts.ckpt is not None and not Path(opts.ckpt).is_file():
-        parser.error(f"--ckpt: expected an existing checkpoint file, found {opts.ckpt!r}")
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(opts.config)
-    root = Path(opts.out or OmegaConf.select(cfg, "trainer.default_root_dir", default="runs/recsys/evaluate"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = output_folder(parser, opts, default="runs/recsys/evaluate")
     runs = [run_seed(opts.config, seed, root, opts.ckpt, overrides) for seed in opts.seeds]
     model, dataset = runs[-1]["model"], dataset_name(runs[-1]["data_path"])
     names = list(runs[-1]["metrics"])

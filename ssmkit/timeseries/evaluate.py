@@ -8,9 +8,7 @@ into ``--out`` (default: the config's ``trainer.default_root_dir``).
 
 from __future__ import annotations
 
-import argparse
 import json
-import platform
 import statistics
 import time
 from collections.abc import Sequence
@@ -18,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from ssmkit.core.evaluation import cpu_name, evaluation_parser, output_folder
 from ssmkit.core.io import write_text_atomic
 
 # S-Mamba, lookback 96 (arXiv 2403.11144v3, Tables of ETT / other datasets): (MSE, MAE) per horizon.
@@ -85,36 +84,13 @@ def plot_forecasts(cli, path: Path, n_windows: int = 3) -> None:
     plt.close(fig)
 
 
-def cpu_name() -> str:
-    """The CPU model (from /proc/cpuinfo where there is one), e.g. 'AMD EPYC'."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
 
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse ``argv`` and run the evaluation; returns the result dict that is also written as JSON."""
-    parser = argparse.ArgumentParser(prog="ssmkit timeseries evaluate", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-c", "--config", required=True, help="a configs/timeseries/... YAML")
-    parser.add_argument("--ckpt", default=None, help="evaluate this trained checkpoint instead of training")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[2023])
-    parser.add_argument("--out", default=None, help="output folder (default: the config's default_root_dir)")
+    parser = evaluation_parser("ssmkit timeseries evaluate", __doc__, "a configs/timeseries/... YAML",
+                               default_seeds=[2023])
     opts, overrides = parser.parse_known_args(argv)
-    if not Path(opts.config).is_file():
-        parser.error(f"--config: expected an existing YAML file, found {opts.config!r}")
-    if opts.ckpt is not None and not Path(opts.ckpt).is_file():
-        parser.error(f"--ckpt: expected an existing checkpoint file, found {opts.ckpt!r}")
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(opts.config)
-    root = Path(opts.out or OmegaConf.select(cfg, "trainer.default_root_dir", default="runs/timeseries/evaluate"))
-    root.mkdir(parents=True, exist_ok=True)
+    root = output_folder(parser, opts, default="runs/timeseries/evaluate")
     runs = [run_seed(opts.config, seed, root, opts.ckpt, overrides) for seed in opts.seeds]
     plot_forecasts(runs[-1]["cli"], root / "forecasts.png")
     model_name = runs[-1]["cli"].model.hparams.model_name

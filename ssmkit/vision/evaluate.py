@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from ssmkit.core.checkpoint import load_into, read_checkpoint
+from ssmkit.core.evaluation import device_description
 from ssmkit.core.io import write_text_atomic
 
 from .data import CIFARDataModule, MNISTDataModule, eval_transform, load_image
@@ -119,18 +119,6 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, num_classes: int, batch_s
             for metric in metrics.values():
                 metric.update(logits, y.to(device))
     return {f"top{k}": round(100.0 * float(m.compute()), 3) for k, m in metrics.items()}
-
-
-def device_description(device: torch.device) -> str:
-    """'NVIDIA H100 ...' or the CPU model with the torch thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    if Path("/proc/cpuinfo").is_file():
-        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                 if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"CPU {cpu}, {torch.get_num_threads()} torch thread(s)"
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
