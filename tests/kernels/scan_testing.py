@@ -145,3 +145,39 @@ def flag_sets():
         dict(has_D=True, has_z=False, has_bias=True, softplus=False, has_init=True, reverse=True, has_lengths=False),
         dict(has_D=False, has_z=True, has_bias=False, softplus=True, has_init=False, reverse=True, has_lengths=True),
     ]
+
+
+INTERPRET_MARK = "TRITON_INTERPRET_RESULTS="  # prefix of the worker's result line on stdout
+
+
+def report_interpreter_cases(names: list[str], run_case) -> None:
+    """Worker side: run each named case (``run_case(name)`` raises on a mismatch), print one JSON result line."""
+    import json
+    import traceback
+
+    results = {}
+    for name in names:
+        try:
+            run_case(name)
+            results[name] = "ok"
+        except Exception:  # reported per case by the pytest side
+            results[name] = traceback.format_exc(limit=4)
+    print(INTERPRET_MARK + json.dumps(results), flush=True)
+
+
+def interpreter_results(script, names: list[str]) -> dict:
+    """pytest side: run ``script`` as a worker under ``TRITON_INTERPRET=1`` and return ``{case: "ok" | traceback}``."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(script), *names], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(INTERPRET_MARK)]
+    assert proc.returncode == 0 and lines, f"interpreter worker failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1][len(INTERPRET_MARK):])

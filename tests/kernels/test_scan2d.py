@@ -8,21 +8,17 @@ script, as in test_triton_interpret.py), at a few small shapes.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
 
 from ssmkit.kernels import linear_scan, scan2d
-from tests.kernels.scan_testing import TOL, assert_close
+from tests.kernels.scan_testing import TOL, assert_close, interpreter_results, report_interpreter_cases
 
 ROOT = Path(__file__).resolve().parents[2]
-_MARK = "SCAN2D_INTERPRET_RESULTS="
 NAMES = ("a1", "a2", "a3", "a4", "u1", "u2", "initial_state")
 
 
@@ -157,27 +153,18 @@ def _worker(names: list[str]) -> None:
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("this worker needs TRITON_INTERPRET=1")
     torch.set_num_threads(1)
-    results = {}
-    for name in names:
+
+    def run_case(name: str) -> None:
         case = dict(INTERPRET_CASES[name])
         reverse = case.pop("reverse")
-        try:
-            check_backend("triton", reverse, seed=len(name), **case)
-            results[name] = "ok"
-        except Exception:  # reported per case by the pytest side
-            results[name] = traceback.format_exc(limit=4)
-    print(_MARK + json.dumps(results), flush=True)
+        check_backend("triton", reverse, seed=len(name), **case)
+
+    report_interpreter_cases(names, run_case)
 
 
-@pytest.fixture(scope="module")
-def interpreter_results() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *INTERPRET_CASES], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(_MARK)]
-    assert proc.returncode == 0 and lines, f"interpreter worker failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len(_MARK):])
+@pytest.fixture(scope="module", name="interpreter_results")
+def interpreter_results_fixture() -> dict:
+    return interpreter_results(Path(__file__).resolve(), list(INTERPRET_CASES))
 
 
 @pytest.mark.interpret

@@ -8,18 +8,16 @@ the helpers of scan_testing.py, at small shapes (the interpreter is slow).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.kernels.scan_testing import interpreter_results, report_interpreter_cases
+
 ROOT = Path(__file__).resolve().parents[2]
-_MARK = "TRITON_INTERPRET_RESULTS="
 
 # flag sets: index into scan_testing.flag_sets() (all on / all off / D+bias+init+reverse / z+softplus+reverse+lengths)
 SELECTIVE_CASES = {
@@ -139,25 +137,12 @@ def _worker(names: list[str]) -> None:
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("this worker needs TRITON_INTERPRET=1")
     torch.set_num_threads(1)
-    results = {}
-    for name in names:
-        try:
-            _run_case(name)
-            results[name] = "ok"
-        except Exception:  # reported per case by the pytest side
-            results[name] = traceback.format_exc(limit=4)
-    print(_MARK + json.dumps(results), flush=True)
+    report_interpreter_cases(names, _run_case)
 
 
-@pytest.fixture(scope="module")
-def interpreter_results() -> dict:
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *CASES], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith(_MARK)]
-    assert proc.returncode == 0 and lines, f"interpreter worker failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}"
-    return json.loads(lines[-1][len(_MARK):])
+@pytest.fixture(scope="module", name="interpreter_results")
+def interpreter_results_fixture() -> dict:
+    return interpreter_results(Path(__file__).resolve(), list(CASES))
 
 
 @pytest.mark.interpret
