@@ -19,6 +19,8 @@ import torch.nn.functional as F
 
 from ssmkit.kernels._validate import check_lengths
 
+_ACTIVATIONS = (None, "silu")
+
 __all__ = ["anticausal_conv1d", "causal_conv1d", "causal_conv1d_step", "valid_mask"]
 
 
@@ -61,6 +63,27 @@ def _check_conv(op: str, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return weight if weight.dim() == 3 else weight.unsqueeze(1)  # [D, 1, W]
 
 
+def _check_activation(op: str, activation: str | None) -> None:
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"{op}: activation must be one of {list(_ACTIVATIONS)}, found {activation!r}")
+
+
+def _fused_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the fused numba kernel serves this call (float32 CPU tensors)."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32))
+
+
+def _conv_cpu(x, weight, bias, lengths, reverse: bool, activation: str | None) -> torch.Tensor:
+    from ssmkit.kernels.conv1d_cpu import depthwise_conv1d_cpu  # numba loads on first use
+
+    return depthwise_conv1d_cpu(x, weight, bias, lengths, reverse=reverse, silu=activation == "silu")
+
+
+def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
+    return F.silu(y) if activation == "silu" else y
+
+
 def _shifted_sum(padded: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, seqlen: int) -> torch.Tensor:
     """``y_t = bias + sum_k weight[:, 0, k] padded_{t+k}`` for t < L: a depthwise convolution in the [B, L, D] layout.
 
@@ -92,8 +115,9 @@ def causal_conv1d(
     lengths: torch.Tensor | None = None,
     initial_state: torch.Tensor | None = None,
     return_final_state: bool = False,
+    activation: str | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Causal depthwise convolution ``y_t = bias + sum_k weight[k] x_{t-(W-1)+k}`` (no activation).
+    """Causal depthwise convolution ``y_t = act(bias + sum_k weight[k] x_{t-(W-1)+k})``.
 
     Args:
         x: input [B, L, D].
@@ -103,6 +127,8 @@ def causal_conv1d(
         initial_state: the W inputs before x [B, D, W] (newest last), or None (zeros).
         return_final_state: also return the last W inputs of the stream (state then x[:length]) [B, D, W], in the
             dtype of ``initial_state`` (x.dtype when it is None).
+        activation: None or "silu" (as mamba_ssm's ``causal_conv1d_fn``). Float32 CPU calls without a state run
+            the fused kernel of ``ssmkit.kernels.conv1d_cpu`` (convolution and SiLU in one pass, forward and backward).
 
     Returns:
         y [B, L, D] in x.dtype, and with ``return_final_state`` the final state [B, D, W].
@@ -115,14 +141,17 @@ def causal_conv1d(
                                       or tuple(initial_state.shape) != (batch, dim, width)):
         found = list(initial_state.shape) if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
         raise ValueError(f"{op}: initial_state must have shape [{batch}, {dim}, {width}] (B, D, W), found {found}")
+    _check_activation(op, activation)
     mask = valid_mask(lengths, batch, seqlen, x.device, op)
+    if initial_state is None and not return_final_state and _fused_cpu(x, weight, bias):
+        return _conv_cpu(x, weight, bias, lengths, False, activation)
     if mask is not None:
         x = x.masked_fill(~mask[:, :, None], 0.0)  # [B, L, D]
     if initial_state is None:
         padded = F.pad(x, (0, 0, width - 1, 0))  # [B, W - 1 + L, D], zeros before x
     else:
         padded = torch.cat([initial_state[:, :, 1:].transpose(1, 2).to(x.dtype), x], dim=1)  # [B, W - 1 + L, D]
-    y = _shifted_sum(padded, weight, bias, seqlen)  # [B, L, D]
+    y = _activate(_shifted_sum(padded, weight, bias, seqlen), activation)  # [B, L, D]
     if not return_final_state:
         return y
     xt = x.transpose(1, 2)  # [B, D, L]
@@ -140,8 +169,9 @@ def anticausal_conv1d(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     lengths: torch.Tensor | None = None,
+    activation: str | None = None,
 ) -> torch.Tensor:
-    """Anti-causal depthwise convolution ``y_t = bias + sum_k weight[k] x_{t+(W-1)-k}`` (no activation).
+    """Anti-causal depthwise convolution ``y_t = act(bias + sum_k weight[k] x_{t+(W-1)-k})``.
 
     Equals ``flip(causal_conv1d(flip(x)))`` without the flipped copies; with ``lengths`` each row equals the same
     computation on the row cut to its length (inputs at t >= length are read as 0).
@@ -151,6 +181,7 @@ def anticausal_conv1d(
         weight: [D, 1, W] or [D, W].
         bias: [D] or None.
         lengths: [B] valid prefix per row, or None.
+        activation: None or "silu" (float32 CPU calls run the fused kernel, as ``causal_conv1d``).
 
     Returns:
         y [B, L, D] in x.dtype.
@@ -158,11 +189,14 @@ def anticausal_conv1d(
     op = "anticausal_conv1d"
     weight = _check_conv(op, x, weight, bias, "[B, L, D]")
     batch, seqlen, dim = x.shape
+    _check_activation(op, activation)
     mask = valid_mask(lengths, batch, seqlen, x.device, op)
+    if _fused_cpu(x, weight, bias):
+        return _conv_cpu(x, weight, bias, lengths, True, activation)
     if mask is not None:
         x = x.masked_fill(~mask[:, :, None], 0.0)  # [B, L, D]
     padded = F.pad(x, (0, 0, 0, weight.shape[-1] - 1))  # [B, L + W - 1, D], zeros after x
-    return _shifted_sum(padded, weight.flip(-1), bias, seqlen)  # [B, L, D]
+    return _activate(_shifted_sum(padded, weight.flip(-1), bias, seqlen), activation)  # [B, L, D]
 
 
 def causal_conv1d_step(

@@ -23,7 +23,6 @@ init).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.core.conv import anticausal_conv1d, causal_conv1d, valid_mask
@@ -131,8 +130,9 @@ class BiMamba(nn.Module):
         batch, seqlen, _ = x.shape
         mask = valid_mask(lengths, batch, seqlen, x.device, "BiMamba")  # [B, L] or None
         u, z = self.in_proj(x).chunk(2, dim=-1)  # [B, L, E] each
-        u_f = F.silu(causal_conv1d(u, self.conv1d.weight, self.conv1d.bias, lengths=lengths))  # [B, L, E]
-        u_b = F.silu(anticausal_conv1d(u, self.conv1d_b.weight, self.conv1d_b.bias, lengths=lengths))  # [B, L, E]
+        u_f = causal_conv1d(u, self.conv1d.weight, self.conv1d.bias, lengths=lengths, activation="silu")  # [B, L, E]
+        u_b = anticausal_conv1d(u, self.conv1d_b.weight, self.conv1d_b.bias, lengths=lengths,
+                                activation="silu")  # [B, L, E]
         y_f = selective_branch(u_f, z, self.x_proj, self.dt_proj, self.A_log, self.D, lengths=lengths,
                                backend=self.backend)  # [B, L, E]
         y_b = selective_branch(u_b, z, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b, reverse=True,

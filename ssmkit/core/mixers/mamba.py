@@ -274,13 +274,14 @@ class Mamba(nn.Module):
         u, z = self.in_proj(x).chunk(2, dim=-1)  # [B, L, E] each
         if cache is None:
             conv = anticausal_conv1d if self.reverse else causal_conv1d
-            u = conv(u, self.conv1d.weight, self.conv1d.bias, lengths=lengths)  # [B, L, E]
-            y = selective_branch(F.silu(u), z, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=self.reverse,
+            u = conv(u, self.conv1d.weight, self.conv1d.bias, lengths=lengths, activation="silu")  # [B, L, E]
+            y = selective_branch(u, z, self.x_proj, self.dt_proj, self.A_log, self.D, reverse=self.reverse,
                                  lengths=lengths, backend=self.backend)  # [B, L, E]
         else:
             u, conv_state = causal_conv1d(u, self.conv1d.weight, self.conv1d.bias, lengths=lengths,
-                                          initial_state=cache.conv_state, return_final_state=True)  # [B, L, E]
-            y, ssm_state = selective_branch(F.silu(u), z, self.x_proj, self.dt_proj, self.A_log, self.D,
+                                          initial_state=cache.conv_state, return_final_state=True,
+                                          activation="silu")  # [B, L, E]
+            y, ssm_state = selective_branch(u, z, self.x_proj, self.dt_proj, self.A_log, self.D,
                                             lengths=lengths, initial_state=cache.ssm_state, return_final_state=True,
                                             backend=self.backend)  # [B, L, E], [B, E, N]
             cache.conv_state.copy_(conv_state)
