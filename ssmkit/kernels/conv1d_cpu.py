@@ -33,7 +33,11 @@ _REDUCE_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
 
 @numba.njit(**JIT_OPTIONS)
 def _forward(x, taps, bias, lengths, expc, reverse, silu, tile, y):
-    """x [B, L, D], taps [W, D], bias [D], lengths int64 [B] -> y [B, L, D] (filled in place)."""
+    """x [B, L, D], taps [W, D], bias [D], lengths int64 [B] -> y [B, L, D] (filled in place).
+
+    [B, L, D] rows are indexed with unsigned integers, as in the scan kernels: with signed indices the channel loops
+    stay scalar.
+    """
     batch, seqlen, dim = x.shape
     width = taps.shape[0]
     ntiles = dim // tile
@@ -42,22 +46,25 @@ def _forward(x, taps, bias, lengths, expc, reverse, silu, tile, y):
         b = task // ntiles
         d0 = (task % ntiles) * tile
         length = lengths[b]
+        ub, ud0, utile = np.uint64(b), np.uint64(d0), np.uint64(tile)
         acc = np.empty(tile, dtype=np.float32)
         for t in range(seqlen):
-            for j in range(tile):
-                acc[j] = bias[d0 + j]
+            ut = np.uint64(t)
+            for j in range(utile):
+                acc[j] = bias[ud0 + j]
             for k in range(width):
                 src = t + (width - 1) - k if reverse else t - (width - 1) + k
                 if 0 <= src < length:
-                    for j in range(tile):
-                        acc[j] += taps[k, d0 + j] * x[b, src, d0 + j]
+                    usrc, uk = np.uint64(src), np.uint64(k)
+                    for j in range(utile):
+                        acc[j] += taps[uk, ud0 + j] * x[ub, usrc, ud0 + j]
             if silu:
-                for j in range(tile):
+                for j in range(utile):
                     a = acc[j]
-                    y[b, t, d0 + j] = a * sigmoid(a, ek)
+                    y[ub, ut, ud0 + j] = a * sigmoid(a, ek)
             else:
-                for j in range(tile):
-                    y[b, t, d0 + j] = acc[j]
+                for j in range(utile):
+                    y[ub, ut, ud0 + j] = acc[j]
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -71,44 +78,50 @@ def _backward(x, taps, bias, lengths, expc, reverse, silu, tile, gy, dx, dtaps_r
         b = task // ntiles
         d0 = (task % ntiles) * tile
         length = lengths[b]
+        ub, ud0, utile = np.uint64(b), np.uint64(d0), np.uint64(tile)
         g = np.empty((seqlen, tile), dtype=np.float32)  # gradient of pre_t [L, TD]
         acc = np.empty(tile, dtype=np.float32)
         gtap = np.zeros((width, tile), dtype=np.float32)
         gb = np.zeros(tile, dtype=np.float32)
         for t in range(seqlen):
+            ut = np.uint64(t)
             if silu:  # recompute pre_t, then d silu(a) / da = s (1 + a (1 - s))
-                for j in range(tile):
-                    acc[j] = bias[d0 + j]
+                for j in range(utile):
+                    acc[j] = bias[ud0 + j]
                 for k in range(width):
                     src = t + (width - 1) - k if reverse else t - (width - 1) + k
                     if 0 <= src < length:
-                        for j in range(tile):
-                            acc[j] += taps[k, d0 + j] * x[b, src, d0 + j]
-                for j in range(tile):
+                        usrc, uk = np.uint64(src), np.uint64(k)
+                        for j in range(utile):
+                            acc[j] += taps[uk, ud0 + j] * x[ub, usrc, ud0 + j]
+                for j in range(utile):
                     a = acc[j]
                     s = sigmoid(a, ek)
-                    g[t, j] = gy[b, t, d0 + j] * s * (_ONE + a * (_ONE - s))
+                    g[ut, j] = gy[ub, ut, ud0 + j] * s * (_ONE + a * (_ONE - s))
             else:
-                for j in range(tile):
-                    g[t, j] = gy[b, t, d0 + j]
-            for j in range(tile):
-                gb[j] += g[t, j]
+                for j in range(utile):
+                    g[ut, j] = gy[ub, ut, ud0 + j]
+            for j in range(utile):
+                gb[j] += g[ut, j]
             for k in range(width):
                 src = t + (width - 1) - k if reverse else t - (width - 1) + k
                 if 0 <= src < length:
-                    for j in range(tile):
-                        gtap[k, j] += g[t, j] * x[b, src, d0 + j]
-        for s in range(seqlen):  # dx_s = sum_k w[k] g_t over the outputs t that read x_s
-            for j in range(tile):
+                    usrc, uk = np.uint64(src), np.uint64(k)
+                    for j in range(utile):
+                        gtap[uk, j] += g[ut, j] * x[ub, usrc, ud0 + j]
+        for s_ in range(seqlen):  # dx_s = sum_k w[k] g_t over the outputs t that read x_s
+            us = np.uint64(s_)
+            for j in range(utile):
                 acc[j] = 0.0
-            if s < length:
+            if s_ < length:
                 for k in range(width):
-                    t = s - (width - 1) + k if reverse else s + (width - 1) - k
+                    t = s_ - (width - 1) + k if reverse else s_ + (width - 1) - k
                     if 0 <= t < seqlen:
-                        for j in range(tile):
-                            acc[j] += taps[k, d0 + j] * g[t, j]
-            for j in range(tile):
-                dx[b, s, d0 + j] = acc[j]
+                        ut, uk = np.uint64(t), np.uint64(k)
+                        for j in range(utile):
+                            acc[j] += taps[uk, ud0 + j] * g[ut, j]
+            for j in range(utile):
+                dx[ub, us, ud0 + j] = acc[j]
         for k in range(width):
             for j in range(tile):
                 dtaps_rows[b, k, d0 + j] = gtap[k, j]
