@@ -22,13 +22,27 @@ import numba
 import numpy as np
 import torch
 
-from ._numba_utils import EXP2_CONSTS, JIT_OPTIONS, exp2_consts, sigmoid, tile_width, to_f32
+from ._numba_utils import _HELPER_OPTIONS, EXP2_CONSTS, JIT_OPTIONS, exp2_consts, sigmoid, tile_width, to_f32
 
 __all__ = ["depthwise_conv1d_cpu"]
 
 MAX_TILE = 256  # channels per task
 _ONE = np.float32(1.0)
 _REDUCE_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
+
+
+@numba.njit(**_HELPER_OPTIONS)
+def _pre_activation(x, taps, bias, ub, t, length, reverse, ud0, utile, acc):
+    """acc[j] = bias + sum_k w[k] x_src (src in [0, length)) for the channels ud0 .. ud0 + utile of row ub at t."""
+    width = taps.shape[0]
+    for j in range(utile):
+        acc[j] = bias[ud0 + j]
+    for k in range(width):
+        src = t + (width - 1) - k if reverse else t - (width - 1) + k
+        if 0 <= src < length:
+            usrc, uk = np.uint64(src), np.uint64(k)
+            for j in range(utile):
+                acc[j] += taps[uk, ud0 + j] * x[ub, usrc, ud0 + j]
 
 
 @numba.njit(**JIT_OPTIONS)
@@ -39,7 +53,6 @@ def _forward(x, taps, bias, lengths, expc, reverse, silu, tile, y):
     stay scalar.
     """
     batch, seqlen, dim = x.shape
-    width = taps.shape[0]
     ntiles = dim // tile
     for task in numba.prange(batch * ntiles):
         ek = exp2_consts(expc)
@@ -50,14 +63,7 @@ def _forward(x, taps, bias, lengths, expc, reverse, silu, tile, y):
         acc = np.empty(tile, dtype=np.float32)
         for t in range(seqlen):
             ut = np.uint64(t)
-            for j in range(utile):
-                acc[j] = bias[ud0 + j]
-            for k in range(width):
-                src = t + (width - 1) - k if reverse else t - (width - 1) + k
-                if 0 <= src < length:
-                    usrc, uk = np.uint64(src), np.uint64(k)
-                    for j in range(utile):
-                        acc[j] += taps[uk, ud0 + j] * x[ub, usrc, ud0 + j]
+            _pre_activation(x, taps, bias, ub, t, length, reverse, ud0, utile, acc)
             if silu:
                 for j in range(utile):
                     a = acc[j]
@@ -86,14 +92,7 @@ def _backward(x, taps, bias, lengths, expc, reverse, silu, tile, gy, dx, dtaps_r
         for t in range(seqlen):
             ut = np.uint64(t)
             if silu:  # recompute pre_t, then d silu(a) / da = s (1 + a (1 - s))
-                for j in range(utile):
-                    acc[j] = bias[ud0 + j]
-                for k in range(width):
-                    src = t + (width - 1) - k if reverse else t - (width - 1) + k
-                    if 0 <= src < length:
-                        usrc, uk = np.uint64(src), np.uint64(k)
-                        for j in range(utile):
-                            acc[j] += taps[uk, ud0 + j] * x[ub, usrc, ud0 + j]
+                _pre_activation(x, taps, bias, ub, t, length, reverse, ud0, utile, acc)
                 for j in range(utile):
                     a = acc[j]
                     s = sigmoid(a, ek)
