@@ -114,6 +114,29 @@ def lightning_epoch(cfg: dict) -> dict:
                 process_ms_per_step=1e3 * cpu / max(steps, 1), train_loss=None, val_mse=None)
 
 
+def matmul_floor(cfg: dict, data: TimeSeriesDataModule, steps: int) -> dict:
+    """The matrix-product floor of one epoch: FLOPs of one training step (``FlopCounterMode``) times the steps, over
+    the sgemm rate of this thread at the model's main shape (tokens of a batch x d_model -> 2 d_model)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model, _ = build(cfg, data, "cpu", fused_adam=False)
+    batch = next(iter(data.train_dataloader()))
+    with FlopCounterMode(display=False) as counter:
+        F.mse_loss(model(batch["x"], batch["x_mark"]), batch["y"][:, -cfg["data"]["pred_len"]:]).backward()
+    flops = counter.get_total_flops()
+    d_model = cfg["model"]["model_kwargs"]["d_model"]
+    tokens = batch["x"].shape[0] * (batch["x"].shape[2] + batch["x_mark"].shape[2])  # variate + time-feature tokens
+    a, b = torch.randn(tokens, d_model), torch.randn(d_model, 2 * d_model)
+    for _ in range(5):
+        a @ b
+    reps, start = 200, time.process_time()
+    for _ in range(reps):
+        a @ b
+    rate = 2 * tokens * d_model * 2 * d_model * reps / (time.process_time() - start)
+    return dict(matmul_gflop_per_step=flops / 1e9, matmul_gflop_per_epoch=flops * steps / 1e9,
+                sgemm_shape=[tokens, d_model, 2 * d_model], sgemm_gflops=rate / 1e9, floor_s=flops * steps / rate)
+
+
 def markdown(result: dict) -> str:
     head = (f"## S-Mamba ETTh1-96, one training epoch on {result['device']} ({result['threads']} thread(s), "
             f"torch {result['torch']}, {result['date']})\n\nCommand: `{result['command']}`\n\n"
@@ -133,6 +156,12 @@ def markdown(result: dict) -> str:
     note = ("\nThe machine's 2 cores are shared with other jobs, so wall time includes waiting for a core; process "
             "time (time.process_time) is the CPU time of this process and the ratios use it. The official time (41 s "
             "per epoch) is the figure of issue #4.\n")
+    floor = result.get("matmul_floor")
+    if floor:
+        note += (f"\nMatrix-product floor: {floor['matmul_gflop_per_step']:.2f} GFLOP per training step "
+                 f"(`FlopCounterMode`, forward + backward), {floor['matmul_gflop_per_epoch']:.0f} GFLOP per epoch; "
+                 f"sgemm {floor['sgemm_shape']} runs at {floor['sgemm_gflops']:.1f} GFLOP/s on this thread, so the "
+                 f"matrix products alone take {floor['floor_s']:.1f} s per epoch.\n")
     return head + "\n".join(lines) + "\n" + note
 
 
@@ -163,7 +192,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_lightning:
         rows.append(lightning_epoch(cfg))
         print(json.dumps(rows[-1]), flush=True)
-    result = dict(device=device_name("cpu"), threads=args.threads, torch=torch.__version__,
+    floor = matmul_floor(cfg, data, rows[0]["steps"])
+    print(json.dumps(floor), flush=True)
+    result = dict(device=device_name("cpu"), threads=args.threads, torch=torch.__version__, matmul_floor=floor,
                   date=time.strftime("%Y-%m-%d"), machine="CPU, shared 2-core machine (other jobs running)",
                   omp_num_threads=os.environ.get("OMP_NUM_THREADS"), numba_num_threads=numba.get_num_threads(),
                   command=("python benchmarks/timeseries_speed.py " + " ".join(argv if argv is not None
