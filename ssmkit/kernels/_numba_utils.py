@@ -21,6 +21,7 @@ once per task by ``exp2_consts`` into a tuple ``k``), which stay in registers or
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -29,8 +30,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-__all__ = ["EXP2_CONSTS", "JIT_OPTIONS", "LOG2E", "exp2_consts", "fast_exp", "fast_exp2", "log1p_unit", "sigmoid",
-           "softplus", "softplus_grad", "tile_width", "to_f32"]
+__all__ = ["EXP2_CONSTS", "JIT_OPTIONS", "LOG2E", "exp2_consts", "fast_exp", "fast_exp2", "log1p_unit",
+           "match_torch_threads", "sigmoid", "softplus", "softplus_grad", "tile_width", "to_f32"]
 
 # Options of every kernel: on-disk cache (compile once per machine), fastmath (FMA contraction, reassociation of
 # the small per-tile reductions), parallel prange over (batch, channel-tile) tasks, released GIL, and numpy error
@@ -151,6 +152,23 @@ def softplus(x, k):
 def softplus_grad(x, k):
     """Derivative of ``softplus``: sigmoid(x), and 1 above the threshold."""
     return _ONE if x > _SOFTPLUS_THRESHOLD else sigmoid(x, k)
+
+
+_THREADS_SET: dict[int, int] = {}  # Python thread id -> the numba thread count last set for it
+
+
+def match_torch_threads() -> None:
+    """Run the numba kernels on torch's intra-op thread count (``torch.set_num_threads``), at most NUMBA_NUM_THREADS.
+
+    Without it numba uses every core whatever torch was told, and the two thread pools oversubscribe a machine that
+    torch was asked to share. numba's setting is per Python thread, hence the cache key; the kernels' results do not
+    depend on the thread count.
+    """
+    wanted = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    ident = threading.get_ident()
+    if _THREADS_SET.get(ident) != wanted:
+        numba.set_num_threads(wanted)
+        _THREADS_SET[ident] = wanted
 
 
 def tile_width(channels: int, limit: int) -> int:

@@ -22,7 +22,16 @@ import numba
 import numpy as np
 import torch
 
-from ._numba_utils import _HELPER_OPTIONS, EXP2_CONSTS, JIT_OPTIONS, exp2_consts, sigmoid, tile_width, to_f32
+from ._numba_utils import (
+    _HELPER_OPTIONS,
+    EXP2_CONSTS,
+    JIT_OPTIONS,
+    exp2_consts,
+    match_torch_threads,
+    sigmoid,
+    tile_width,
+    to_f32,
+)
 
 __all__ = ["depthwise_conv1d_cpu"]
 
@@ -149,6 +158,7 @@ def _reduce_rows(dtaps_rows, dbias_rows, dtaps, dbias):
 class _DepthwiseConv1dCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lengths, reverse, silu):
+        match_torch_threads()
         batch, seqlen, dim = x.shape
         taps = weight.detach().reshape(dim, -1).t().contiguous()  # [W, D]
         bias_np = to_f32(bias) if bias is not None else np.zeros(dim, dtype=np.float32)
@@ -164,6 +174,7 @@ class _DepthwiseConv1dCPU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
+        match_torch_threads()
         x, weight, bias = ctx.saved_tensors
         x_np, taps, bias_np, lengths_np, reverse, silu, tile = ctx.kernel_state
         batch, seqlen, dim = x.shape

@@ -90,15 +90,32 @@ def _selective_run(threads: int):
     x, lengths = make_selective_inputs(batch=3, seqlen=70, dim=64, dstate=4, groups=2, has_init=True,
                                        has_lengths=True, seed=5)
     leaves = {k: v.detach().requires_grad_(True) for k, v in x.items() if v is not None}
-    previous = numba.get_num_threads()
-    numba.set_num_threads(threads)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the cpu kernels follow torch's thread count
     try:
         y, state = selective_scan(**leaves, delta_softplus=True, return_final_state=True, lengths=lengths,
                                   backend="cpu")
+        assert numba.get_num_threads() == threads
         (y.square().sum() + state.sum()).backward()
     finally:
-        numba.set_num_threads(previous)
+        torch.set_num_threads(previous)
     return [y.detach(), state.detach()] + [leaves[k].grad for k in sorted(leaves)]
+
+
+def test_cpu_kernels_follow_torch_thread_count():
+    """numba runs the kernels on torch.get_num_threads() threads (capped by NUMBA_NUM_THREADS), per Python thread."""
+    previous = torch.get_num_threads()
+    x = torch.rand(2, 9, 8)
+    try:
+        torch.set_num_threads(1)
+        linear_scan(x, x, backend="cpu")
+        assert numba.get_num_threads() == 1
+        if numba.config.NUMBA_NUM_THREADS >= 2:
+            torch.set_num_threads(2)
+            linear_scan(x, x, backend="cpu")
+            assert numba.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs NUMBA_NUM_THREADS >= 2")

@@ -14,7 +14,7 @@ import numba
 import numpy as np
 import torch
 
-from .._numba_utils import JIT_OPTIONS, tile_width, to_f32
+from .._numba_utils import JIT_OPTIONS, match_torch_threads, tile_width, to_f32
 
 __all__ = ["linear_scan"]
 
@@ -80,6 +80,7 @@ class _LinearScanCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a, b, initial_state, lengths, reverse):
+        match_torch_threads()
         batch, seqlen, dim = a.shape
         tile = tile_width(dim, MAX_TILE)
         a_np = to_f32(a)
@@ -99,6 +100,7 @@ class _LinearScanCPU(torch.autograd.Function):
         a, initial_state = ctx.saved_tensors
         h, len_np = ctx.arrays
         reverse, tile, b_dtype = ctx.flags
+        match_torch_threads()
         batch, seqlen, dim = a.shape
         a_np = to_f32(a)
         h0 = to_f32(initial_state) if initial_state is not None else np.zeros((batch, dim), dtype=np.float32)

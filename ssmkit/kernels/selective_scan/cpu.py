@@ -31,6 +31,7 @@ from .._numba_utils import (
     LOG2E,
     exp2_consts,
     fast_exp2,
+    match_torch_threads,
     sigmoid,
     softplus,
     softplus_grad,
@@ -332,6 +333,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, delta_softplus, reverse):
+        match_torch_threads()
         batch, seqlen, dim = u.shape
         dstate, groups = A.shape[1], B.shape[2]
         tile = tile_width(dim // groups, min(MAX_TILE, max(8, TILE_STATE // dstate)))
@@ -361,6 +363,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         u, delta, A, B, C, D, z, delta_bias, initial_state, lengths = ctx.saved_tensors
         arrays, dt, p, checkpoints, partial = ctx.kernel_state
         delta_softplus, reverse, tile = ctx.flags
+        match_torch_threads()
         batch, seqlen, dim = u.shape
         dstate, groups = A.shape[1], B.shape[2]
         ntiles = dim // tile
