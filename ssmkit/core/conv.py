@@ -142,9 +142,10 @@ def causal_conv1d(
         found = list(initial_state.shape) if isinstance(initial_state, torch.Tensor) else type(initial_state).__name__
         raise ValueError(f"{op}: initial_state must have shape [{batch}, {dim}, {width}] (B, D, W), found {found}")
     _check_activation(op, activation)
-    mask = valid_mask(lengths, batch, seqlen, x.device, op)
     if initial_state is None and not return_final_state and _fused_cpu(x, weight, bias):
+        lengths = check_lengths(lengths, batch, seqlen, x.device, op)
         return _conv_cpu(x, weight, bias, lengths, False, activation)
+    mask = valid_mask(lengths, batch, seqlen, x.device, op)
     if mask is not None:
         x = x.masked_fill(~mask[:, :, None], 0.0)  # [B, L, D]
     if initial_state is None:
@@ -190,9 +191,9 @@ def anticausal_conv1d(
     weight = _check_conv(op, x, weight, bias, "[B, L, D]")
     batch, seqlen, dim = x.shape
     _check_activation(op, activation)
-    mask = valid_mask(lengths, batch, seqlen, x.device, op)
     if _fused_cpu(x, weight, bias):
-        return _conv_cpu(x, weight, bias, lengths, True, activation)
+        return _conv_cpu(x, weight, bias, check_lengths(lengths, batch, seqlen, x.device, op), True, activation)
+    mask = valid_mask(lengths, batch, seqlen, x.device, op)
     if mask is not None:
         x = x.masked_fill(~mask[:, :, None], 0.0)  # [B, L, D]
     padded = F.pad(x, (0, 0, 0, weight.shape[-1] - 1))  # [B, L + W - 1, D], zeros after x
