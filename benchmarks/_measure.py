@@ -85,3 +85,32 @@ def measure(fn: Callable[[], object], device: str, repeats: int = 5, budget_s: f
         if time.perf_counter() - start > budget_s:
             break
     return statistics.median(times) * 1e3, peak_mb
+
+
+def gpu_ceilings(copy_gib: float = 2.0) -> dict:
+    """The two GPU ceilings of reference/kernels.md section 4, read off the device in use.
+
+    ``copy_tbps``: a device-to-device copy of ``copy_gib`` GiB (median of ``triton.testing.do_bench``), counting bytes
+    read plus bytes written. ``exp_per_s``: 16 ``ex2`` per clock per SM (the special-function unit's rate on sm_80 /
+    sm_90) times the SM count times the maximal SM clock that NVML reports (1.98 GHz when NVML is absent).
+    """
+    import triton.testing
+
+    n = int(copy_gib * 2**30) // 2
+    src = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    dst = torch.empty_like(src)
+    ms = triton.testing.do_bench(lambda: dst.copy_(src), warmup=25, rep=200, return_mode="median")
+    copy_tbps = 2 * src.numel() * src.element_size() / (ms / 1e3) / 1e12
+    clock_hz, clock_source = 1.98e9, "assumed 1.98 GHz"
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        clock_hz = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM) * 1e6
+        clock_source = "NVML max SM clock"
+    except Exception as err:  # NVML is optional: keep the assumed clock, say so
+        clock_source += f" (NVML: {err})"
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return dict(copy_tbps=round(copy_tbps, 3), copy_ms=round(ms, 4), sms=sms, sm_clock_hz=clock_hz,
+                clock_source=clock_source, exp_per_s=16 * sms * clock_hz)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import device_name, measure  # noqa: E402
+from _measure import device_name, gpu_ceilings, measure  # noqa: E402
 
 from ssmkit.core.io import write_text_atomic  # noqa: E402
 from ssmkit.kernels import linear_scan, selective_scan  # noqa: E402
@@ -33,8 +33,6 @@ from ssmkit.kernels import linear_scan, selective_scan  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 SMALL = dict(B=32, L=16, D=64, N=16)  # time-series / recsys sized
 LARGE = dict(B=2, L=1024, D=256, N=16)  # the CPU target shape
-COPY_GBPS_H100 = 3.0e12
-EXP_PER_S_H100 = 3.9e12
 
 
 def selective_inputs(B, L, D, N, dtype, device, grad):
@@ -82,17 +80,25 @@ def linear_case(backend, shape, dtype, device, mode):
     return run
 
 
-def floors(op, shape, dtype, mode):
-    """Minimal bytes and the byte / exp time floors (seconds) of reference/kernels.md section 4 on an H100."""
+def floors(op, shape, dtype, mode, ceilings):
+    """Minimal bytes and the byte / exp time floors (seconds) of reference/kernels.md section 4.
+
+    ``ceilings`` holds the device's measured copy bandwidth and its exp rate (``_measure.gpu_ceilings``). fwd+bwd
+    counts the forward's bytes plus the backward's (which re-reads the inputs and recomputes the states) and two
+    exps per (b, l, d, n): one forward, one for the recomputed states.
+    """
     s = torch.finfo(dtype).bits // 8
     B, L, D = shape["B"], shape["L"], shape["D"]
+    bw, exp_rate = ceilings["copy_tbps"] * 1e12, ceilings["exp_per_s"]
     if op == "selective_scan":
         N = shape["N"]
-        nbytes = B * L * ((3 * s + s) * D + 2 * N * s) if mode == "fwd" else B * L * (7 * s * D + 2 * N * (s + 4))
+        fwd = B * L * ((3 * s + s) * D + 2 * N * s)
+        bwd = B * L * (7 * s * D + 2 * N * (s + 4))
+        nbytes = fwd if mode == "fwd" else fwd + bwd
         n_exp = B * L * D * N * (1 if mode == "fwd" else 2)
-        return nbytes, nbytes / COPY_GBPS_H100, n_exp / EXP_PER_S_H100
-    nbytes = (3 if mode == "fwd" else 5) * s * B * L * D
-    return nbytes, nbytes / COPY_GBPS_H100, 0.0
+        return nbytes, nbytes / bw, n_exp / exp_rate
+    nbytes = (3 if mode == "fwd" else 8) * s * B * L * D
+    return nbytes, nbytes / bw, 0.0
 
 
 def grid(args):
@@ -136,8 +142,18 @@ def main(argv=None):
     backends = (args.backends or ("naive,torch,cpu" if args.device == "cpu" else "torch,triton")).split(",")
     dev = device_name(args.device)
     print(f"# kernels benchmark on {dev}, {args.threads} thread(s), {dtype}", flush=True)
+    ceilings = gpu_ceilings() if args.device == "cuda" else None
+    if ceilings:
+        print(f"# measured copy {ceilings['copy_tbps']} TB/s; exp rate {ceilings['exp_per_s']:.3g}/s "
+              f"({ceilings['clock_source']})", flush=True)
 
-    rows, last_time = [], {}
+    stem = Path(args.out) if args.out else RESULTS / f"kernels-{'quick-' if args.quick else ''}{args.device}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    result = dict(device=dev, threads=args.threads, torch=torch.__version__, dtype=str(dtype), ceilings=ceilings,
+                  date=time.strftime("%Y-%m-%d"),
+                  command="python benchmarks/kernels.py " + " ".join(argv or sys.argv[1:]),
+                  complete=False, rows=[], targets={})
+    rows, last_time = result["rows"], {}
     for op, shape in grid(args):
         for backend in backends:
             for mode in ("fwd", "fwd+bwd"):
@@ -159,21 +175,16 @@ def main(argv=None):
                 if args.device == "cuda":  # CPU peak memory: benchmarks/kernel_memory.py (a fresh process per case)
                     row.update(peak_mb=round(mb, 1))
                 if args.device == "cuda":
-                    nbytes, t_mem, t_exp = floors(op, shape, dtype, mode)
+                    nbytes, t_mem, t_exp = floors(op, shape, dtype, mode, ceilings)
                     row.update(bytes=nbytes, achieved_tbps=round(nbytes / (ms / 1e3) / 1e12, 3),
                                floor_ms=round(max(t_mem, t_exp) * 1e3, 4),
                                fraction_of_floor=round(max(t_mem, t_exp) / (ms / 1e3), 3))
                 last_time[key] = (ms, shape["L"])
                 rows.append(row)
                 print(f"{op:15s} {backend:7s} {mode:8s} {shape} {ms:10.2f} ms {mb:9.1f} MiB", flush=True)
+                write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=1))  # kept if the run is cut
 
-    summary = targets(rows)
-    result = dict(device=dev, threads=args.threads, torch=torch.__version__, dtype=str(dtype),
-                  date=time.strftime("%Y-%m-%d"),
-                  command="python benchmarks/kernels.py " + " ".join(argv or sys.argv[1:]),
-                  rows=rows, targets=summary)
-    stem = Path(args.out) if args.out else RESULTS / f"kernels-{'quick-' if args.quick else ''}{args.device}"
-    stem.parent.mkdir(parents=True, exist_ok=True)
+    result.update(complete=True, targets=targets(rows))
     write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=1))
     md = markdown(result)
     write_text_atomic(stem.with_suffix(".md"), md)

@@ -68,10 +68,10 @@ GATES = ("HAS_D", "HAS_Z", "HAS_BIAS", "SOFTPLUS")
 RESOURCES = ("REG", "STACK", "SHARED", "LOCAL", "STL_LDL")
 
 
-def _selective_sizes(dstate: int, unroll: int) -> dict[str, int]:
+def _selective_sizes(dstate: int, unroll: int, tile_values: int) -> dict[str, int]:
     """Integer arguments and block constexprs of the selective-scan kernels, from the backend's own ``_geometry``."""
     meta = functools.partial(torch.empty, device="meta")
-    geo = selective._geometry(meta(1, SEQLEN, DIM), meta(DIM, dstate), meta(1, SEQLEN, GROUPS, dstate))
+    geo = selective._geometry(meta(1, SEQLEN, DIM), meta(DIM, dstate), meta(1, SEQLEN, GROUPS, dstate), tile_values)
     ints = ("seqlen", "dim", "groups", "dim_per_group", "tiles_per_group", "dstate", "n_chunks")
     return {**{k: geo[k] for k in ints}, "CHUNK": geo["chunk"], "BLOCK_D": geo["block_d"],
             "BLOCK_N": geo["block_n"], "UNROLL": unroll}
@@ -116,11 +116,13 @@ _LIN_IO = frozenset({"a_ptr", "b_ptr", "h_ptr", "dh_ptr", "da_ptr", "db_ptr"})
 SPECS = (
     KernelSpec("selective_scan._fwd_kernel", selective._fwd_kernel, _SEL_FWD_IO,
                (GATES, ("HAS_INIT",), ("HAS_LENGTHS",), ("REVERSE",)), ("N", DSTATES),
-               functools.partial(_selective_sizes, unroll=selective._UNROLL_FWD)),
+               functools.partial(_selective_sizes, unroll=selective._UNROLL_FWD,
+                                 tile_values=selective._TILE_VALUES_FWD)),
     KernelSpec("selective_scan._bwd_kernel", selective._bwd_kernel,
                _SEL_FWD_IO - {"y_ptr"} | {"dy_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"},
                (GATES, ("HAS_DFINAL",), ("HAS_LENGTHS",), ("REVERSE",)), ("N", DSTATES),
-               functools.partial(_selective_sizes, unroll=selective._UNROLL_BWD)),
+               functools.partial(_selective_sizes, unroll=selective._UNROLL_BWD,
+                                 tile_values=selective._TILE_VALUES_BWD)),
     KernelSpec("linear_scan._fwd_kernel", linear._fwd_kernel, _LIN_IO,
                (("HAS_INIT",), ("HAS_LENGTHS",), ("REVERSE",)), ("batch", LINEAR_BATCHES), _linear_sizes),
     KernelSpec("linear_scan._bwd_kernel", linear._bwd_kernel, _LIN_IO,

@@ -45,7 +45,7 @@ def run(x: dict, backend: str, reverse: bool, as_double: bool = False):
     h1, h2, last = scan2d(*(leaves[k] for k in NAMES[:6]), initial_state=leaves.get("initial_state"),
                           return_final_state=True, reverse=reverse, backend=backend)
     g = torch.Generator().manual_seed(1)
-    grads_out = [torch.randn(t.shape, generator=g).to(t.dtype) for t in (h1, h2, last)]
+    grads_out = [torch.randn(t.shape, generator=g).to(device=t.device, dtype=t.dtype) for t in (h1, h2, last)]
     torch.autograd.backward([h1, h2, last], grads_out)
     return [h1.detach(), h2.detach(), last.detach()], {k: v.grad for k, v in leaves.items()}
 

@@ -35,12 +35,15 @@ import triton.language as tl
 __all__ = ["linear_scan"]
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
-_BLOCK_T = 32
+_BLOCK_T = 64
+_BLOCK_D_MAX = 32
+_NUM_WARPS = 4
+_NUM_STAGES = 3
 
 
 def _block_d(batch: int, dim: int) -> int:
     """Channels per program: 32 (128-byte fp32 rows), 16 when fewer than ~264 programs would run."""
-    block = min(32, triton.next_power_of_2(dim))
+    block = min(_BLOCK_D_MAX, triton.next_power_of_2(dim))
     if batch * triton.cdiv(dim, block) < 264:
         block = min(block, 16)
     return block
@@ -160,7 +163,7 @@ class _LinearScanFn(torch.autograd.Function):
         _fwd_kernel[(batch, triton.cdiv(dim, block_d))](
             a, b, _opt(initial_state, a), _opt(lengths, a), h, final, ckpt, seqlen, dim, n_tiles,
             HAS_INIT=initial_state is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
-            BLOCK_T=_BLOCK_T, BLOCK_D=block_d, num_warps=4,
+            BLOCK_T=_BLOCK_T, BLOCK_D=block_d, num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
         )
         ctx.save_for_backward(a, b, initial_state, lengths, ckpt)
         ctx.reverse = reverse
@@ -179,7 +182,7 @@ class _LinearScanFn(torch.autograd.Function):
         _bwd_kernel[(batch, triton.cdiv(dim, block_d))](
             a, b, dh, _opt(dfinal, a), ckpt, _opt(lengths, a), da, db, dinit, seqlen, dim, n_tiles,
             HAS_DFINAL=dfinal is not None, HAS_LENGTHS=lengths is not None, REVERSE=ctx.reverse,
-            BLOCK_T=_BLOCK_T, BLOCK_D=block_d, num_warps=4,
+            BLOCK_T=_BLOCK_T, BLOCK_D=block_d, num_warps=_NUM_WARPS, num_stages=_NUM_STAGES,
         )
         dinit = dinit.to(initial_state.dtype) if initial_state is not None else None  # [B, D]
         return da, db, dinit, None, None

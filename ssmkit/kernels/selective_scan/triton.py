@@ -4,15 +4,15 @@ Design (layout [B, L, D]; B and C arrive as [B, L, G, N]; see naive.py for the g
 
 * Grid ``(batch, G * tiles_per_group)``. A program owns ``BLOCK_D`` consecutive channels of ONE group (tiles never
   straddle groups, so the tile's B_t / C_t are one [N] row) and all ``N`` states: the state ``h`` is a
-  ``[BLOCK_D, BLOCK_N]`` float32 register tile of at most 256 values (BLOCK_D = min(256 / BLOCK_N, 128)).
+  ``[BLOCK_D, BLOCK_N]`` float32 register tile of ``_TILE_VALUES_FWD`` / ``_TILE_VALUES_BWD`` values.
   ``reverse`` and ``lengths`` are index arithmetic: step ``s`` reads time ``t = s`` or ``t = len - 1 - s`` and the
   loops stop at ``len``; nothing is flipped or copied.
-* Forward: the program walks its steps in groups of ``UNROLL = 8``. Each group is ONE 2-D load per input
-  (u, delta: ``[8, BLOCK_D]`` rows, contiguous over D; B, C: ``[8, N]``), all issued before the group's math, so a
-  program pays one memory latency per 8 steps instead of one per step; the 8 recurrence steps then run from
-  registers, y is assembled as an ``[8, BLOCK_D]`` tile, D * u and the silu(z) gate are applied to the tile and it
-  is stored at once. The forward also writes the final state and a float32 checkpoint of the state every
-  ``CHUNK = 32`` steps, ``ckpt [B, ceil(L / CHUNK), D, N]``. No [B, L, D, N] tensor ever reaches HBM.
+* Forward: the program walks its steps in groups of ``UNROLL`` (``_UNROLL_FWD``). Each group is ONE 2-D load per
+  input (u, delta, z: ``[U, BLOCK_D]`` rows, contiguous over D; B, C: ``[U, N]``), issued before the group's math;
+  the U recurrence steps then run from registers, y is assembled as a ``[U, BLOCK_D]`` tile, D * u and the silu(z)
+  gate are applied to the tile and it is stored at once. ``UNROLL = 1`` is a plain one-row-per-step loop. The
+  forward also writes the final state and a float32 checkpoint of the state every ``CHUNK = 32`` steps,
+  ``ckpt [B, ceil(L / CHUNK), D, N]``. No [B, L, D, N] tensor ever reaches HBM.
 * Backward walks the chunks in reverse. For each chunk it recomputes the chunk's states from the checkpoint into a
   per-program float32 scratch ``[CHUNK, BLOCK_D, BLOCK_N]`` (8 KiB at 256 values: meant to stay in L1/L2), then
   runs the adjoint recurrence backwards through the chunk: ``g_h += dy_pre * C_t``, gradients of the step,
@@ -25,14 +25,18 @@ Design (layout [B, L, D]; B and C arrive as [B, L, G, N]; see naive.py for the g
 Bytes moved per (batch, token), s = I/O element size, T = tiles per group (G * T = D / BLOCK_D):
   forward  ``4 s D + 2 s G N`` (u, delta, z in; y out; B_t, C_t) plus ``4 D N / CHUNK`` of checkpoints;
   backward ``7 s D + 2 s G N`` (u, delta, z, dy in; du, ddelta, dz out; B_t, C_t), re-read once more from L2 by the
-  recompute pass, plus ``2 * 4 * G * T * N`` of dB/dC partials written and read again by the reduction (at N = 16,
-  BLOCK_D = 16 that is 8 D bytes, comparable to the 14 D of bf16 I/O), plus the scratch (L1/L2).
+  recompute pass, plus ``2 * 4 * G * T * N`` of dB/dC partials written and read again by the reduction (at N = 16
+  and the default BLOCK_D = 8 that is 16 D bytes, more than the 14 D of bf16 I/O: the price of no atomics, also in
+  memory), plus the scratch (L1/L2).
   B_t / C_t rows are re-read by every tile of a group (L2 traffic, not HBM). One exp per (d, n) per step forward,
   two in backward: at N >= 16 the special-function unit, not HBM, bounds an H100 (reference/kernels.md section 4).
-Expected GPU behaviour (NOT measured: no GPU yet; every configuration compiles for sm_90 with triton 3.8, some spill
-at most 16 bytes, outside the loops in the case inspected: benchmarks/results/triton-compile-sm90.md):
-  the forward is latency-bound at one load round trip per 8 steps per program; the backward at about two per step
-  (recompute + adjoint), which is its main limit at small N and the first thing to tile over time if it is slow.
+Measured on an H200 (benchmarks/results/kernels-gpu.md; B=8, L=4096, D=1536, N=16, bf16): the defaults below
+(forward: 128 state values per program, one warp, U = 4; backward: 128 values, one warp) were chosen from a sweep of
+tile sizes, warps, U and pipeline stages. Forward 2.05 ms, 9 % of the exp floor (0.19 ms); forward+backward 8.9 ms.
+Reading of the sweep (not profiled): both kernels are latency-bound. Each program walks its L steps one after the
+other (1536 one-warp programs here, about 12 warps per SM); the fastest forward and backward configurations were
+one-warp programs of 128 state values, whose reductions over N and D are warp shuffles rather than shared-memory
+round trips. A chunk-parallel (time-split) formulation that gives each SM more independent steps is the next step.
 """
 
 
@@ -45,8 +49,14 @@ import triton.language as tl
 __all__ = ["selective_scan"]
 
 _SUPPORTED = (torch.float32, torch.bfloat16, torch.float16)
-_UNROLL_FWD = 8  # forward: steps per group, loaded as [8, BLOCK_D] / [8, N] tiles before the group's math
+_UNROLL_FWD = 4  # forward: 1 = one row load per step; > 1 = steps per group, loaded as [U, BLOCK_D] / [U, N] tiles
 _UNROLL_BWD = 1  # backward: one step per iteration (its register pressure leaves no room for unrolling)
+_TILE_VALUES_FWD = 128  # float32 state values per forward program (BLOCK_D * BLOCK_N)
+_TILE_VALUES_BWD = 128  # float32 state values per backward program
+_NUM_WARPS_FWD = 1
+_NUM_WARPS_BWD = 1
+_NUM_STAGES_FWD = 3
+_NUM_STAGES_BWD = 3
 
 
 def _chunk_size() -> int:
@@ -54,10 +64,10 @@ def _chunk_size() -> int:
     return 32
 
 
-def _block_sizes(dim_per_group: int, dstate: int) -> tuple[int, int]:
-    """(BLOCK_D, BLOCK_N): the state tile holds at most 256 float32 values (2 per thread at 4 warps)."""
+def _block_sizes(dim_per_group: int, dstate: int, tile_values: int) -> tuple[int, int]:
+    """(BLOCK_D, BLOCK_N): the state tile holds at most ``tile_values`` float32 values."""
     block_n = triton.next_power_of_2(dstate)
-    block_d = max(1, min(triton.next_power_of_2(dim_per_group), 256 // block_n, 128))
+    block_d = max(1, min(triton.next_power_of_2(dim_per_group), tile_values // block_n, 128))
     return block_d, block_n
 
 
@@ -102,46 +112,71 @@ def _fwd_kernel(
     for k in range(0, tl.cdiv(length, CHUNK)):
         tl.store(ckpt_ptr + (pid_b * n_chunks + k) * dim * dstate + dn, h, mask=m2)
         end = tl.minimum(k * CHUNK + CHUNK, length)
-        for s_group in range(k * CHUNK, end, UNROLL):
-            # one 2-D load per input for UNROLL steps (all issued before any math), then the steps in order
-            s_vec = s_group + group_rows  # [U]
-            if REVERSE:
-                t_vec = length - 1 - s_vec
-            else:
-                t_vec = s_vec
-            row_vec = pid_b * seqlen + t_vec  # [U] flat (batch, time) index
-            valid_vec = s_vec < end
-            off = row_vec[:, None] * dim + d[None, :]  # [U, BD]
-            m = valid_vec[:, None] & dmask[None, :]
-            off_bc = (row_vec[:, None] * groups + g) * dstate + n[None, :]  # [U, BN]
-            m_bc = valid_vec[:, None] & nmask[None, :]
-            u_group = tl.load(u_ptr + off, mask=m, other=0.0).to(tl.float32)  # [U, BD]
-            dt_group = tl.load(delta_ptr + off, mask=m, other=0.0).to(tl.float32)  # [U, BD]
-            B_group = tl.load(B_ptr + off_bc, mask=m_bc, other=0.0).to(tl.float32)  # [U, BN]
-            C_group = tl.load(C_ptr + off_bc, mask=m_bc, other=0.0).to(tl.float32)  # [U, BN]
-            if HAS_Z:
-                z_group = tl.load(z_ptr + off, mask=m, other=0.0).to(tl.float32)  # [U, BD]
-            if HAS_BIAS:
-                dt_group = dt_group + bias[None, :]
-            if SOFTPLUS:
-                dt_group = _softplus(dt_group)
-            dtu_group = dt_group * u_group  # [U, BD]
-            y_group = tl.zeros([UNROLL, BLOCK_D], dtype=tl.float32)  # [U, BD]
-            for j in tl.static_range(UNROLL):
-                pick = (group_rows == j)[:, None]  # [U, 1] selects step s_group + j
-                dt = tl.sum(tl.where(pick, dt_group, 0.0), axis=0)  # [BD]
-                dtu = tl.sum(tl.where(pick, dtu_group, 0.0), axis=0)  # [BD]
-                Bt = tl.sum(tl.where(pick, B_group, 0.0), axis=0)  # [BN]
-                Ct = tl.sum(tl.where(pick, C_group, 0.0), axis=0)  # [BN]
-                h_new = tl.exp(dt[:, None] * A) * h + dtu[:, None] * Bt[None, :]  # [BD, BN]
-                h = tl.where(s_group + j < end, h_new, h)
+        if UNROLL == 1:
+            # one step per iteration, each input loaded as one row (the loop's loads are software-pipelined)
+            for s in range(k * CHUNK, end):
+                if REVERSE:
+                    t = length - 1 - s
+                else:
+                    t = s
+                row = pid_b * seqlen + t
+                u = tl.load(u_ptr + row * dim + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+                dt = tl.load(delta_ptr + row * dim + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+                Bt = tl.load(B_ptr + (row * groups + g) * dstate + n, mask=nmask, other=0.0).to(tl.float32)  # [BN]
+                Ct = tl.load(C_ptr + (row * groups + g) * dstate + n, mask=nmask, other=0.0).to(tl.float32)  # [BN]
+                if HAS_BIAS:
+                    dt = dt + bias
+                if SOFTPLUS:
+                    dt = _softplus(dt)
+                h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * Bt[None, :]  # [BD, BN]
                 y = tl.sum(h * Ct[None, :], axis=1)  # [BD]
-                y_group = tl.where(pick, y[None, :], y_group)
-            if HAS_D:
-                y_group = y_group + Dv[None, :] * u_group
-            if HAS_Z:
-                y_group = y_group * z_group * tl.sigmoid(z_group)
-            tl.store(y_ptr + off, y_group, mask=m)
+                if HAS_D:
+                    y = y + Dv * u
+                if HAS_Z:
+                    zt = tl.load(z_ptr + row * dim + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+                    y = y * zt * tl.sigmoid(zt)
+                tl.store(y_ptr + row * dim + d, y, mask=dmask)
+        else:
+            for s_group in range(k * CHUNK, end, UNROLL):
+                # one 2-D load per input for UNROLL steps (all issued before any math), then the steps in order
+                s_vec = s_group + group_rows  # [U]
+                if REVERSE:
+                    t_vec = length - 1 - s_vec
+                else:
+                    t_vec = s_vec
+                row_vec = pid_b * seqlen + t_vec  # [U] flat (batch, time) index
+                valid_vec = s_vec < end
+                off = row_vec[:, None] * dim + d[None, :]  # [U, BD]
+                m = valid_vec[:, None] & dmask[None, :]
+                off_bc = (row_vec[:, None] * groups + g) * dstate + n[None, :]  # [U, BN]
+                m_bc = valid_vec[:, None] & nmask[None, :]
+                u_group = tl.load(u_ptr + off, mask=m, other=0.0).to(tl.float32)  # [U, BD]
+                dt_group = tl.load(delta_ptr + off, mask=m, other=0.0).to(tl.float32)  # [U, BD]
+                B_group = tl.load(B_ptr + off_bc, mask=m_bc, other=0.0).to(tl.float32)  # [U, BN]
+                C_group = tl.load(C_ptr + off_bc, mask=m_bc, other=0.0).to(tl.float32)  # [U, BN]
+                if HAS_Z:
+                    z_group = tl.load(z_ptr + off, mask=m, other=0.0).to(tl.float32)  # [U, BD]
+                if HAS_BIAS:
+                    dt_group = dt_group + bias[None, :]
+                if SOFTPLUS:
+                    dt_group = _softplus(dt_group)
+                dtu_group = dt_group * u_group  # [U, BD]
+                y_group = tl.zeros([UNROLL, BLOCK_D], dtype=tl.float32)  # [U, BD]
+                for j in tl.static_range(UNROLL):
+                    pick = (group_rows == j)[:, None]  # [U, 1] selects step s_group + j
+                    dt = tl.sum(tl.where(pick, dt_group, 0.0), axis=0)  # [BD]
+                    dtu = tl.sum(tl.where(pick, dtu_group, 0.0), axis=0)  # [BD]
+                    Bt = tl.sum(tl.where(pick, B_group, 0.0), axis=0)  # [BN]
+                    Ct = tl.sum(tl.where(pick, C_group, 0.0), axis=0)  # [BN]
+                    h_new = tl.exp(dt[:, None] * A) * h + dtu[:, None] * Bt[None, :]  # [BD, BN]
+                    h = tl.where(s_group + j < end, h_new, h)
+                    y = tl.sum(h * Ct[None, :], axis=1)  # [BD]
+                    y_group = tl.where(pick, y[None, :], y_group)
+                if HAS_D:
+                    y_group = y_group + Dv[None, :] * u_group
+                if HAS_Z:
+                    y_group = y_group * z_group * tl.sigmoid(z_group)
+                tl.store(y_ptr + off, y_group, mask=m)
     tl.store(final_ptr + pid_b * dim * dstate + dn, h, mask=m2)
 
 
@@ -276,11 +311,11 @@ def _bwd_kernel(
         tl.store(dbias_ptr + pid_b * dim + d, dbias_acc, mask=dmask)
 
 
-def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor) -> dict:
+def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, tile_values: int) -> dict:
     batch, seqlen, dim = u.shape
     groups, dstate = B.shape[2], A.shape[1]
     dim_per_group = dim // groups
-    block_d, block_n = _block_sizes(dim_per_group, dstate)
+    block_d, block_n = _block_sizes(dim_per_group, dstate, tile_values)
     chunk = _chunk_size()
     return dict(batch=batch, seqlen=seqlen, dim=dim, groups=groups, dstate=dstate, dim_per_group=dim_per_group,
                 tiles_per_group=triton.cdiv(dim_per_group, block_d), n_chunks=triton.cdiv(seqlen, chunk),
@@ -296,7 +331,7 @@ class _SelectiveScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, reverse, lengths):
         u, delta, A, B, C = (t.contiguous() for t in (u, delta, A, B, C))
-        geo = _geometry(u, A, B)
+        geo = _geometry(u, A, B, _TILE_VALUES_FWD)
         batch, seqlen, dim, dstate = geo["batch"], geo["seqlen"], geo["dim"], geo["dstate"]
         alloc = torch.zeros if lengths is not None else torch.empty  # skipped positions must read 0
         y = alloc(batch, seqlen, dim, device=u.device, dtype=u.dtype)  # [B, L, D]
@@ -309,7 +344,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             seqlen, dim, geo["groups"], geo["dim_per_group"], geo["tiles_per_group"], dstate, geo["n_chunks"],
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             HAS_INIT=initial_state is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
-            CHUNK=geo["chunk"], BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], UNROLL=_UNROLL_FWD, num_warps=4,
+            CHUNK=geo["chunk"], BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], UNROLL=_UNROLL_FWD,
+            num_warps=_NUM_WARPS_FWD, num_stages=_NUM_STAGES_FWD,
         )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt)
         ctx.flags = (delta_softplus, reverse)
@@ -319,7 +355,7 @@ class _SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt = ctx.saved_tensors
         delta_softplus, reverse = ctx.flags
-        geo = _geometry(u, A, B)
+        geo = _geometry(u, A, B, _TILE_VALUES_BWD)
         batch, seqlen, dim, dstate = geo["batch"], geo["seqlen"], geo["dim"], geo["dstate"]
         groups, tiles = geo["groups"], geo["tiles_per_group"]
         dev, f32 = u.device, torch.float32
@@ -343,7 +379,8 @@ class _SelectiveScanFn(torch.autograd.Function):
             seqlen, dim, groups, geo["dim_per_group"], tiles, dstate, geo["n_chunks"],
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             HAS_DFINAL=dfinal is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
-            CHUNK=geo["chunk"], BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], UNROLL=_UNROLL_BWD, num_warps=4,
+            CHUNK=geo["chunk"], BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], UNROLL=_UNROLL_BWD,
+            num_warps=_NUM_WARPS_BWD, num_stages=_NUM_STAGES_BWD,
         )
         dB = dB_part.sum(3).to(B.dtype)  # [B, L, G, N]
         dC = dC_part.sum(3).to(C.dtype)  # [B, L, G, N]

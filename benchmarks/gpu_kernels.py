@@ -1,0 +1,304 @@
+"""GPU targets of the scan kernels, measured against the device's own ceilings (reference/kernels.md section 4).
+
+Sections (each one's rows are printed as they come and written to ``<out>.json`` / ``<out>.md`` at the end):
+
+* ``ceilings``: measured device-to-device copy bandwidth (bytes read + written) and the exp rate (16 ex2 / clock / SM).
+* ``selective``: ``selective_scan`` at B=8, L=4096, D=1536, N=16 (with z, D, delta_bias, softplus), bf16 and fp32,
+  forward and forward+backward, triton and torch: time, achieved bytes/s and the fraction of max(byte floor, exp
+  floor). Target: triton bf16 forward >= 60 %.
+* ``linear``: ``linear_scan`` at B=8, D=1536, L from 4K to 64K, bf16 and fp32: forward and forward+backward against
+  the copy bandwidth (target >= 70 %, no cliff), and flash-linear-attention's ``chunk_hgrn`` on the same problem
+  (``h_t = exp(g_t) h_{t-1} + x_t`` with g = log a) when ``fla`` is importable.
+* ``variants``: block shapes / warps of the Triton kernels (module constants), each checked against the default
+  configuration's output and timed, to choose the defaults from measurements.
+
+Times are medians of ``triton.testing.do_bench`` (CUDA events, warm-up first). Usage on a GPU machine::
+
+    python benchmarks/gpu_kernels.py --out benchmarks/results/kernels-gpu-targets-<device>
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import device_name, gpu_ceilings  # noqa: E402
+
+from ssmkit.core.io import write_text_atomic  # noqa: E402
+from ssmkit.kernels import linear_scan, selective_scan  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET = dict(B=8, L=4096, D=1536, N=16)
+LINEAR_LENGTHS = (4096, 8192, 16384, 32768, 65536)
+
+
+def bench_ms(fn) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def selective_inputs(B, L, D, N, dtype, grad):
+    g = torch.Generator(device="cuda").manual_seed(0)
+
+    def rnd(*shape, scale=1.0, shift=0.0, dt=dtype):
+        t = torch.randn(*shape, generator=g, device="cuda") * scale + shift
+        return t.to(dt).requires_grad_(grad)
+
+    return dict(u=rnd(B, L, D), delta=rnd(B, L, D, scale=0.5, shift=-1.0),
+                A=(-torch.exp(torch.randn(D, N, generator=g, device="cuda") * 0.5)).requires_grad_(grad),
+                B=rnd(B, L, N), C=rnd(B, L, N), D=rnd(D, dt=torch.float32), z=rnd(B, L, D),
+                delta_bias=rnd(D, scale=0.1, dt=torch.float32))
+
+
+def selective_runner(backend, dtype, mode, shape=TARGET):
+    x = selective_inputs(**shape, dtype=dtype, grad=(mode == "fwd+bwd"))
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return selective_scan(**x, delta_softplus=True, backend=backend)
+        return run
+    gy = torch.randn(shape["B"], shape["L"], shape["D"], device="cuda", dtype=dtype)
+
+    def run():
+        for t in x.values():
+            t.grad = None
+        selective_scan(**x, delta_softplus=True, backend=backend).backward(gy)
+    return run
+
+
+def selective_floor(dtype, mode, ceilings, shape=TARGET):
+    s = torch.finfo(dtype).bits // 8
+    B, L, D, N = shape["B"], shape["L"], shape["D"], shape["N"]
+    fwd = B * L * (4 * s * D + 2 * N * s)
+    bwd = B * L * (7 * s * D + 2 * N * (s + 4))
+    nbytes = fwd if mode == "fwd" else fwd + bwd
+    t_mem = nbytes / (ceilings["copy_tbps"] * 1e12)
+    t_exp = B * L * D * N * (1 if mode == "fwd" else 2) / ceilings["exp_per_s"]
+    return nbytes, t_mem, t_exp
+
+
+def section_selective(ceilings, backends=("triton", "torch")):
+    rows = []
+    for dtype in (torch.bfloat16, torch.float32):
+        for backend in backends:
+            for mode in ("fwd", "fwd+bwd"):
+                ms = bench_ms(selective_runner(backend, dtype, mode))
+                nbytes, t_mem, t_exp = selective_floor(dtype, mode, ceilings)
+                floor_ms = max(t_mem, t_exp) * 1e3
+                rows.append(dict(op="selective_scan", backend=backend, dtype=str(dtype)[6:], mode=mode, **TARGET,
+                                 ms=round(ms, 4), tbps=round(nbytes / ms / 1e9, 3), byte_floor_ms=round(t_mem * 1e3, 4),
+                                 exp_floor_ms=round(t_exp * 1e3, 4), fraction_of_floor=round(floor_ms / ms, 3)))
+                print(rows[-1], flush=True)
+                torch.cuda.empty_cache()
+    return rows
+
+
+def linear_runner(impl, dtype, mode, B, L, D):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = (torch.rand(B, L, D, generator=g, device="cuda") * 0.5 + 0.5).to(dtype)  # [B, L, D] decays in (0.5, 1)
+    b = torch.randn(B, L, D, generator=g, device="cuda").to(dtype)  # [B, L, D]
+    if impl == "fla_chunk_hgrn":
+        from fla.ops.hgrn import chunk_hgrn
+
+        first = a.float().log().to(dtype)  # g = log a, fla's log-space gate
+
+        def call(x, gate):
+            return chunk_hgrn(x, gate, output_final_state=True)[0]
+        args = [b, first]
+    else:
+        def call(x, y):
+            return linear_scan(x, y, backend=impl)
+        args = [a, b]
+    if mode == "fwd":
+        def run():
+            with torch.no_grad():
+                return call(*args)
+        return run
+    args = [t.requires_grad_(True) for t in args]
+    gh = torch.randn(B, L, D, generator=g, device="cuda").to(dtype)
+
+    def run():
+        for t in args:
+            t.grad = None
+        call(*args).backward(gh)
+    return run
+
+
+def section_linear(ceilings, lengths=LINEAR_LENGTHS, impls=("triton", "fla_chunk_hgrn")):
+    rows = []
+    B, D = 8, 1536
+    for dtype in (torch.bfloat16, torch.float32):
+        for L in lengths:
+            for impl in impls:
+                for mode in ("fwd", "fwd+bwd"):
+                    try:
+                        ms = bench_ms(linear_runner(impl, dtype, mode, B, L, D))
+                    except Exception as err:  # fla absent or failing: say so in the row, go on
+                        rows.append(dict(op="linear_scan", impl=impl, dtype=str(dtype)[6:], mode=mode, B=B, L=L, D=D,
+                                         error=f"{type(err).__name__}: {err}"[:300]))
+                        print(rows[-1], flush=True)
+                        continue
+                    s = torch.finfo(dtype).bits // 8
+                    nbytes = (3 if mode == "fwd" else 8) * s * B * L * D
+                    tbps = nbytes / ms / 1e9
+                    rows.append(dict(op="linear_scan", impl=impl, dtype=str(dtype)[6:], mode=mode, B=B, L=L, D=D,
+                                     ms=round(ms, 4), tbps=round(tbps, 3),
+                                     fraction_of_copy=round(tbps / ceilings["copy_tbps"], 3)))
+                    print(rows[-1], flush=True)
+                    torch.cuda.empty_cache()
+    return rows
+
+
+@contextlib.contextmanager
+def patched(module, **values):
+    old = {k: getattr(module, k) for k in values}
+    for k, v in values.items():
+        setattr(module, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(module, k, v)
+
+
+def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
+    ref, out = ref.double(), out.double()
+    return float((ref - out).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30))
+
+
+FWD_VARIANTS = (  # (state values per program, warps, steps per load group, pipeline stages)
+    (128, 1, 1, 3), (128, 1, 1, 2), (128, 1, 1, 4), (64, 1, 1, 3), (256, 1, 1, 3), (256, 2, 1, 3), (256, 4, 1, 3),
+    (512, 2, 1, 3), (512, 4, 1, 3), (128, 2, 1, 3), (32, 1, 1, 3), (128, 1, 4, 3), (128, 1, 2, 3), (256, 4, 8, 3))
+BWD_VARIANTS = (  # (state values per program, warps, pipeline stages)
+    (256, 4, 3), (256, 4, 1), (256, 2, 3), (128, 1, 3), (256, 1, 3), (512, 4, 3), (512, 2, 3), (128, 2, 3))
+LINEAR_VARIANTS = (  # (steps per tile, channels per program, warps, pipeline stages)
+    (64, 32, 4, 3), (64, 32, 4, 2), (64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 4, 3), (64, 16, 4, 3), (128, 16, 4, 3),
+    (128, 32, 8, 3), (64, 32, 2, 3), (32, 32, 4, 3), (256, 16, 8, 3))
+
+
+def section_variants():
+    from ssmkit.kernels.linear_scan import triton as lin
+    from ssmkit.kernels.selective_scan import triton as sel
+
+    rows = []
+    dtype = torch.bfloat16
+    ref_fwd = selective_runner("torch", dtype, "fwd")().float()
+    for tile, warps, unroll, stages in FWD_VARIANTS:
+        cfg = dict(tile=tile, warps=warps, unroll=unroll, stages=stages)
+        try:
+            with patched(sel, _TILE_VALUES_FWD=tile, _NUM_WARPS_FWD=warps, _UNROLL_FWD=unroll,
+                         _NUM_STAGES_FWD=stages):
+                run = selective_runner("triton", dtype, "fwd")
+                err = _rel(ref_fwd, run().float())
+                ms = bench_ms(run)
+            rows.append(dict(kernel="selective fwd", **cfg, ms=round(ms, 4), rel_err_vs_torch=err))
+        except Exception as exc:
+            rows.append(dict(kernel="selective fwd", **cfg, error=repr(exc)[:300]))
+        print(rows[-1], flush=True)
+    for tile, warps, stages in BWD_VARIANTS:
+        cfg = dict(tile=tile, warps=warps, stages=stages)
+        try:
+            with patched(sel, _TILE_VALUES_BWD=tile, _NUM_WARPS_BWD=warps, _NUM_STAGES_BWD=stages):
+                ms = bench_ms(selective_runner("triton", dtype, "fwd+bwd"))
+            rows.append(dict(kernel="selective fwd+bwd (bwd varied)", **cfg, ms=round(ms, 4)))
+        except Exception as exc:
+            rows.append(dict(kernel="selective fwd+bwd (bwd varied)", **cfg, error=repr(exc)[:300]))
+        print(rows[-1], flush=True)
+    B, L, D = 8, 16384, 1536
+    ref_h = linear_runner("triton", dtype, "fwd", B, L, D)().float()
+    for block_t, block_d, warps, stages in LINEAR_VARIANTS:
+        cfg = dict(block_t=block_t, block_d=block_d, warps=warps, stages=stages)
+        try:
+            with patched(lin, _BLOCK_T=block_t, _NUM_WARPS=warps, _NUM_STAGES=stages,
+                         _block_d=lambda batch, dim, b=block_d: b):
+                run = linear_runner("triton", dtype, "fwd", B, L, D)
+                err = _rel(ref_h, run().float())
+                ms_f = bench_ms(run)
+                ms_fb = bench_ms(linear_runner("triton", dtype, "fwd+bwd", B, L, D))
+            rows.append(dict(kernel="linear", **cfg, L=L, fwd_ms=round(ms_f, 4), fwd_bwd_ms=round(ms_fb, 4),
+                             rel_err_vs_default=err))
+        except Exception as exc:
+            rows.append(dict(kernel="linear", **cfg, error=repr(exc)[:300]))
+        print(rows[-1], flush=True)
+        torch.cuda.empty_cache()
+    return rows
+
+
+def markdown(result) -> str:
+    c = result["ceilings"]
+    lines = [f"## Scan kernels on {result['device']} ({result['date']}, torch {result['torch']}, "
+             f"triton {result['triton']})", "", f"Command: `{result['command']}`", "",
+             f"Measured ceilings: copy {c['copy_tbps']} TB/s (bytes read + written, {c['copy_ms']} ms for "
+             f"2 GiB); exp rate {c['exp_per_s']:.3g}/s = 16 x {c['sms']} SMs x {c['sm_clock_hz'] / 1e9:.2f} GHz "
+             f"({c['clock_source']}). Times: median of triton.testing.do_bench.", ""]
+    sel = [r for r in result.get("selective", []) if "ms" in r]
+    if sel:
+        lines += ["### selective_scan, B=8 L=4096 D=1536 N=16 (z, D, delta_bias, softplus)", "",
+                  "| backend | dtype | mode | ms | TB/s | byte floor ms | exp floor ms | % of max(floors) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['backend']} | {r['dtype']} | {r['mode']} | {r['ms']} | {r['tbps']} | {r['byte_floor_ms']} | "
+                  f"{r['exp_floor_ms']} | {100 * r['fraction_of_floor']:.0f} |" for r in sel]
+        lines.append("")
+    lin = result.get("linear", [])
+    if lin:
+        lines += ["### linear_scan vs fla chunk_hgrn, B=8 D=1536", "",
+                  "| impl | dtype | mode | L | ms | TB/s | % of copy |", "|---|---|---|---|---|---|---|"]
+        for r in lin:
+            if "ms" in r:
+                lines.append(f"| {r['impl']} | {r['dtype']} | {r['mode']} | {r['L']} | {r['ms']} | {r['tbps']} | "
+                             f"{100 * r['fraction_of_copy']:.0f} |")
+            else:
+                lines.append(f"| {r['impl']} | {r['dtype']} | {r['mode']} | {r['L']} | error: {r['error'][:80]} | | |")
+        lines.append("")
+    if result.get("variants"):
+        lines += ["### Variants (bf16)", ""] + [f"- {json.dumps(r)}" for r in result["variants"]] + [""]
+    for name, text in result.get("errors", {}).items():
+        lines += [f"Section {name} failed: `{text.splitlines()[-1][:200]}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", nargs="+", default=["selective", "linear", "variants"],
+                   choices=["selective", "linear", "variants"])
+    p.add_argument("--selective-backends", nargs="+", default=["triton", "torch"])
+    p.add_argument("--out", default=None, help="results file stem (default benchmarks/results/kernels-gpu-<device>)")
+    args = p.parse_args(argv)
+    import triton
+
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_kernels.py needs a CUDA GPU")
+    dev = device_name("cuda")
+    result = dict(device=dev, date=time.strftime("%Y-%m-%d"), torch=torch.__version__, triton=triton.__version__,
+                  command="python benchmarks/gpu_kernels.py " + " ".join(argv or sys.argv[1:]), errors={})
+    result["ceilings"] = gpu_ceilings()
+    print("ceilings", result["ceilings"], flush=True)
+    stem = Path(args.out) if args.out else RESULTS / f"kernels-gpu-{dev}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    sections = dict(selective=lambda: section_selective(result["ceilings"], backends=args.selective_backends),
+                    linear=lambda: section_linear(result["ceilings"]), variants=section_variants)
+    for name in args.sections:
+        start = time.perf_counter()
+        try:
+            result[name] = sections[name]()
+        except Exception:  # one section failing must not lose the others' numbers
+            result["errors"][name] = traceback.format_exc()
+            print(result["errors"][name], flush=True)
+        result[f"{name}_wall_s"] = round(time.perf_counter() - start, 1)
+        write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=1))
+    md = markdown(result)
+    write_text_atomic(stem.with_suffix(".md"), md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
