@@ -42,6 +42,21 @@ def build_metric(metric: str, num_outputs: int) -> Metric:
     return MultilabelAveragePrecision(num_labels=num_outputs, average="macro")
 
 
+def use_batch_statistics(model: torch.nn.Module) -> int:
+    """Make every BatchNorm of ``model`` normalise with its batch's statistics in training and evaluation alike.
+
+    Returns:
+        The number of BatchNorm layers changed (their running-statistics buffers are removed).
+    """
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.track_running_stats = False
+            module.running_mean = module.running_var = module.num_batches_tracked = None
+            changed += 1
+    return changed
+
+
 class GraphTask(L.LightningModule):
     """Shared training logic; use ``GraphClassifier`` or ``NodeClassifier``.
 
@@ -56,6 +71,10 @@ class GraphTask(L.LightningModule):
         lr_schedule: "cosine" (warm-up + cosine over ``max_epochs``), "plateau" or "constant".
         warmup_epochs: linear warm-up length of "cosine".
         plateau_factor, plateau_patience: ReduceLROnPlateau settings of "plateau".
+        norm_stats: "running" (BatchNorm layers evaluate with running statistics, the default of every model) or
+            "batch" (they always normalise with the statistics of the batch they see). "batch" suits full-batch
+            node tasks, whose evaluation batch is the very graph trained on: running statistics updated once per
+            epoch lag the changing weights there and can wreck evaluation early in training.
     """
 
     TASK = ""
@@ -64,7 +83,7 @@ class GraphTask(L.LightningModule):
                  out_channels: int = 2, edge_dim: int | None = None, task: str = "graph", metric: str = "accuracy",
                  lr: float = 1e-3, optimizer: str = "adam", weight_decay: float = 0.0, lr_schedule: str = "constant",
                  warmup_epochs: int = 0, plateau_factor: float = 0.5, plateau_patience: int = 10,
-                 pe_type: str = "none", pe_dim: int = 0):
+                 pe_type: str = "none", pe_dim: int = 0, norm_stats: str = "running"):
         super().__init__()
         if task != self.TASK:
             raise ValueError(f"task: {type(self).__name__} trains '{self.TASK}'-level tasks, found a '{task}'-level "
@@ -77,10 +96,14 @@ class GraphTask(L.LightningModule):
             raise ValueError(f"optimizer must be 'adam' or 'adamw', found {optimizer!r}")
         if lr_schedule not in ("cosine", "plateau", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine', 'plateau' or 'constant', found {lr_schedule!r}")
+        if norm_stats not in ("running", "batch"):
+            raise ValueError(f"norm_stats must be 'running' or 'batch', found {norm_stats!r}")
         self.save_hyperparameters()
         pe = {"pe_dim": pe_dim, "pe_type": pe_type} if pe_dim > 0 else {}
         self.model = create_model(model_name, in_channels=in_channels, out_channels=out_channels, task=task,
                                   edge_dim=edge_dim, **pe, **(model_kwargs or {}))
+        if norm_stats == "batch":
+            use_batch_statistics(self.model)
         self.metrics = torch.nn.ModuleDict({split: build_metric(metric, out_channels) for split in SPLITS})
 
     def forward(self, batch: Batch) -> torch.Tensor:

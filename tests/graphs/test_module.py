@@ -40,6 +40,38 @@ def test_node_accuracy_is_scored_on_the_split_mask_only():
     torch.testing.assert_close(model.metrics["test"].compute(), expected)
 
 
+@pytest.mark.parametrize("model_name", ["gcn", "gated_gcn", "gps"])
+def test_batch_norm_stats_evaluate_with_the_statistics_of_the_graph_seen(model_name):
+    """norm_stats='batch': no running buffers anywhere (GPSConv's own norms too); eval equals train mode without
+    dropout on the same full graph (models whose train-mode forward has no other randomness); 'running' keeps the
+    buffers."""
+    from torch_geometric.nn import BatchNorm
+
+    kwargs = {**SMALL, "dropout": 0.0}
+    torch.manual_seed(0)
+    model = NodeClassifier(model_name, kwargs, in_channels=3, out_channels=4, task="node", norm_stats="batch")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(m.running_mean is None and not m.track_running_stats for m in norms)
+    assert not any("running_" in key for key in model.state_dict())
+    data = Data(x=torch.randn(12, 3) * 5 + 2, edge_index=torch.randint(0, 12, (2, 30)), y=torch.randint(0, 4, (12,)))
+    batch = Batch.from_data_list([data])
+    model.train()
+    torch.manual_seed(1)
+    train_out = model(batch)
+    model.eval()
+    torch.manual_seed(1)
+    torch.testing.assert_close(model(batch), train_out)
+    running = NodeClassifier(model_name, kwargs, in_channels=3, out_channels=4, task="node")
+    assert any(isinstance(m, BatchNorm) for m in running.modules())
+    assert any("running_mean" in key for key in running.state_dict())
+
+
+def test_batch_norm_stats_reach_every_norm_of_gmn():
+    model = NodeClassifier("gmn", SMALL, in_channels=3, out_channels=4, task="node", norm_stats="batch")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) >= 2 and all(m.running_var is None for m in norms)
+
+
 def test_binary_auroc_uses_class_one_probability_over_all_batches():
     model = GraphClassifier("gcn", SMALL, in_channels=2, out_channels=2, task="graph", metric="auroc")
     torch.manual_seed(0)
@@ -106,7 +138,8 @@ def test_cosine_warmup_and_plateau_schedules():
     (GraphClassifier, dict(task="graph", metric="auroc", out_channels=3), "'auroc' needs 2 classes, found 3"),
     (GraphClassifier, dict(task="graph", optimizer="sgd"), "optimizer must be"),
     (GraphClassifier, dict(task="graph", lr_schedule="step"), "lr_schedule must be"),
-], ids=["node-vs-graph", "graph-vs-node", "metric", "auroc-classes", "optimizer", "schedule"])
+    (NodeClassifier, dict(task="node", norm_stats="ema"), "norm_stats must be 'running' or 'batch', found 'ema'"),
+], ids=["node-vs-graph", "graph-vs-node", "metric", "auroc-classes", "optimizer", "schedule", "norm-stats"])
 def test_bad_arguments(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
         cls("gcn", SMALL, in_channels=3, **{"out_channels": 2, **kwargs})
