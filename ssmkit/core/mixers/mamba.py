@@ -26,6 +26,7 @@ from torch import nn
 
 from ssmkit.core.cache import MambaCache
 from ssmkit.core.conv import anticausal_conv1d, causal_conv1d, causal_conv1d_step, valid_mask
+from ssmkit.core.narrow_linear import narrow_linear
 from ssmkit.kernels import BACKENDS, selective_scan, selective_state_update
 
 __all__ = [
@@ -147,7 +148,7 @@ def selective_branch(
     dt_rank, d_state = dt_proj.in_features, A_log.shape[1]
     x_dbl = x_proj(u)  # [B, L, R + 2N]
     dt, B, C = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=-1)  # [B, L, R], [B, L, N], [B, L, N]
-    delta = F.linear(dt, dt_proj.weight)  # [B, L, E]
+    delta = narrow_linear(dt, dt_proj.weight)  # [B, L, E] (F.linear with a CPU-friendly backward)
     A = -torch.exp(A_log.float())  # [E, N]
     return selective_scan(
         u, delta, A, B, C, D.float(), z=z, delta_bias=dt_proj.bias.float(), delta_softplus=True,

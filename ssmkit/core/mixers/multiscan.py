@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.core.mixers.mamba import check_mixer_input
+from ssmkit.core.narrow_linear import narrow_linear
 from ssmkit.core.scan_order import (
     ORDER_NAMES,
     PLAINMAMBA_ORDERS,
@@ -243,7 +244,7 @@ class MultiScanMamba(nn.Module):
         if self.compat_plainmamba:
             delta = self.dt_proj(dt)  # [B, L, E]  (bias included here and again as delta_bias)
         else:
-            delta = dt @ self.dt_proj.weight.t()  # [B, L, E]
+            delta = narrow_linear(dt, self.dt_proj.weight)  # [B, L, E]
 
         u = _gather_steps(xs, orders)  # [B, L, K, E]
         if self.compat_plainmamba:
