@@ -31,9 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import device_name, gpu_ceilings  # noqa: E402
+from kernels import floors, selective_case  # noqa: E402
 
 from ssmkit.core.io import write_text_atomic  # noqa: E402
-from ssmkit.kernels import linear_scan, selective_scan  # noqa: E402
+from ssmkit.kernels import linear_scan  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = dict(B=8, L=4096, D=1536, N=16)
@@ -46,44 +47,8 @@ def bench_ms(fn) -> float:
     return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
-def selective_inputs(B, L, D, N, dtype, grad):
-    g = torch.Generator(device="cuda").manual_seed(0)
-
-    def rnd(*shape, scale=1.0, shift=0.0, dt=dtype):
-        t = torch.randn(*shape, generator=g, device="cuda") * scale + shift
-        return t.to(dt).requires_grad_(grad)
-
-    return dict(u=rnd(B, L, D), delta=rnd(B, L, D, scale=0.5, shift=-1.0),
-                A=(-torch.exp(torch.randn(D, N, generator=g, device="cuda") * 0.5)).requires_grad_(grad),
-                B=rnd(B, L, N), C=rnd(B, L, N), D=rnd(D, dt=torch.float32), z=rnd(B, L, D),
-                delta_bias=rnd(D, scale=0.1, dt=torch.float32))
-
-
 def selective_runner(backend, dtype, mode, shape=TARGET):
-    x = selective_inputs(**shape, dtype=dtype, grad=(mode == "fwd+bwd"))
-    if mode == "fwd":
-        def run():
-            with torch.no_grad():
-                return selective_scan(**x, delta_softplus=True, backend=backend)
-        return run
-    gy = torch.randn(shape["B"], shape["L"], shape["D"], device="cuda", dtype=dtype)
-
-    def run():
-        for t in x.values():
-            t.grad = None
-        selective_scan(**x, delta_softplus=True, backend=backend).backward(gy)
-    return run
-
-
-def selective_floor(dtype, mode, ceilings, shape=TARGET):
-    s = torch.finfo(dtype).bits // 8
-    B, L, D, N = shape["B"], shape["L"], shape["D"], shape["N"]
-    fwd = B * L * (4 * s * D + 2 * N * s)
-    bwd = B * L * (7 * s * D + 2 * N * (s + 4))
-    nbytes = fwd if mode == "fwd" else fwd + bwd
-    t_mem = nbytes / (ceilings["copy_tbps"] * 1e12)
-    t_exp = B * L * D * N * (1 if mode == "fwd" else 2) / ceilings["exp_per_s"]
-    return nbytes, t_mem, t_exp
+    return selective_case(backend, shape, dtype, "cuda", mode)
 
 
 def section_selective(ceilings, backends=("triton", "torch")):
@@ -92,7 +57,7 @@ def section_selective(ceilings, backends=("triton", "torch")):
         for backend in backends:
             for mode in ("fwd", "fwd+bwd"):
                 ms = bench_ms(selective_runner(backend, dtype, mode))
-                nbytes, t_mem, t_exp = selective_floor(dtype, mode, ceilings)
+                nbytes, t_mem, t_exp = floors("selective_scan", TARGET, dtype, mode, ceilings)
                 floor_ms = max(t_mem, t_exp) * 1e3
                 rows.append(dict(op="selective_scan", backend=backend, dtype=str(dtype)[6:], mode=mode, **TARGET,
                                  ms=round(ms, 4), tbps=round(nbytes / ms / 1e9, 3), byte_floor_ms=round(t_mem * 1e3, 4),
@@ -147,8 +112,7 @@ def section_linear(ceilings, lengths=LINEAR_LENGTHS, impls=("triton", "fla_chunk
                                          error=f"{type(err).__name__}: {err}"[:300]))
                         print(rows[-1], flush=True)
                         continue
-                    s = torch.finfo(dtype).bits // 8
-                    nbytes = (3 if mode == "fwd" else 8) * s * B * L * D
+                    nbytes = floors("linear_scan", dict(B=B, L=L, D=D), dtype, mode, ceilings)[0]
                     tbps = nbytes / ms / 1e9
                     rows.append(dict(op="linear_scan", impl=impl, dtype=str(dtype)[6:], mode=mode, B=B, L=L, D=D,
                                      ms=round(ms, 4), tbps=round(tbps, 3),
