@@ -139,7 +139,8 @@ def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
     return float((ref - out).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30))
 
 
-FWD_VARIANTS = (  # (state values per program, warps, steps per load group, pipeline stages)
+FWD_VARIANTS = (  # (state values per program, warps, steps per load group U, pipeline stages); in call 2 of
+    # benchmarks/results/kernels-gpu.md, U = 1 ran a since-removed one-row-per-step branch, now it is a group of 1
     (128, 1, 1, 3), (128, 1, 1, 2), (128, 1, 1, 4), (64, 1, 1, 3), (256, 1, 1, 3), (256, 2, 1, 3), (256, 4, 1, 3),
     (512, 2, 1, 3), (512, 4, 1, 3), (128, 2, 1, 3), (32, 1, 1, 3), (128, 1, 4, 3), (128, 1, 2, 3), (256, 4, 8, 3))
 BWD_VARIANTS = (  # (state values per program, warps, pipeline stages)
