@@ -139,29 +139,27 @@ def _rel(ref: torch.Tensor, out: torch.Tensor) -> float:
     return float((ref - out).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-30))
 
 
-FWD_VARIANTS = (  # (state values per program, warps, steps per load group U, pipeline stages); in call 2 of
-    # benchmarks/results/kernels-gpu.md, U = 1 ran a since-removed one-row-per-step branch, now it is a group of 1
-    (128, 1, 1, 3), (128, 1, 1, 2), (128, 1, 1, 4), (64, 1, 1, 3), (256, 1, 1, 3), (256, 2, 1, 3), (256, 4, 1, 3),
-    (512, 2, 1, 3), (512, 4, 1, 3), (128, 2, 1, 3), (32, 1, 1, 3), (128, 1, 4, 3), (128, 1, 2, 3), (256, 4, 8, 3))
-BWD_VARIANTS = (  # (state values per program, warps, pipeline stages)
-    (256, 4, 3), (256, 4, 1), (256, 2, 3), (128, 1, 3), (256, 1, 3), (512, 4, 3), (512, 2, 3), (128, 2, 3))
-LINEAR_VARIANTS = (  # (steps per tile, channels per program, warps, pipeline stages)
-    (64, 32, 4, 3), (64, 32, 4, 2), (64, 32, 4, 4), (64, 32, 8, 3), (128, 32, 4, 3), (64, 16, 4, 3), (128, 16, 4, 3),
-    (128, 32, 8, 3), (64, 32, 2, 3), (32, 32, 4, 3), (256, 16, 8, 3))
+SEL_FWD_VARIANTS = (  # module settings of selective_scan/triton.py for the forward; "tile" = the [BLOCK_D, BLOCK_N]
+    # kernel with the defaults of call 3 (128 values, 1 warp, U = 4); "rows" = one channel per thread, N in registers
+    dict(_FWD_KIND="tile"),
+    *(dict(_FWD_KIND="rows", _ROWS_NUM_WARPS=1, _ROWS_PREFETCH=p, _ROWS_PACK=True) for p in (2, 3, 4, 5, 6, 8)),
+    dict(_FWD_KIND="rows", _ROWS_NUM_WARPS=1, _ROWS_PREFETCH=4, _ROWS_PACK=False),
+    dict(_FWD_KIND="rows", _ROWS_NUM_WARPS=2, _ROWS_PREFETCH=4, _ROWS_PACK=True),
+)
+LINEAR_VARIANTS = (  # (steps per tile, channels per program, warps)
+    (64, 32, 4), (64, 32, 2), (32, 32, 4), (128, 32, 4), (64, 16, 4))
 
 
-def section_variants():
-    from ssmkit.kernels.linear_scan import triton as lin
+def section_sel_variants():
+    """Forward variants of the selective scan (bf16, target shape): time and error against the torch backend."""
     from ssmkit.kernels.selective_scan import triton as sel
 
     rows = []
     dtype = torch.bfloat16
     ref_fwd = selective_runner("torch", dtype, "fwd")().float()
-    for tile, warps, unroll, stages in FWD_VARIANTS:
-        cfg = dict(tile=tile, warps=warps, unroll=unroll, stages=stages)
+    for cfg in SEL_FWD_VARIANTS:
         try:
-            with patched(sel, _TILE_VALUES_FWD=tile, _NUM_WARPS_FWD=warps, _UNROLL_FWD=unroll,
-                         _NUM_STAGES_FWD=stages):
+            with patched(sel, **cfg):
                 run = selective_runner("triton", dtype, "fwd")
                 err = _rel(ref_fwd, run().float())
                 ms = bench_ms(run)
@@ -169,32 +167,32 @@ def section_variants():
         except Exception as exc:
             rows.append(dict(kernel="selective fwd", **cfg, error=repr(exc)[:300]))
         print(rows[-1], flush=True)
-    for tile, warps, stages in BWD_VARIANTS:
-        cfg = dict(tile=tile, warps=warps, stages=stages)
-        try:
-            with patched(sel, _TILE_VALUES_BWD=tile, _NUM_WARPS_BWD=warps, _NUM_STAGES_BWD=stages):
-                ms = bench_ms(selective_runner("triton", dtype, "fwd+bwd"))
-            rows.append(dict(kernel="selective fwd+bwd (bwd varied)", **cfg, ms=round(ms, 4)))
-        except Exception as exc:
-            rows.append(dict(kernel="selective fwd+bwd (bwd varied)", **cfg, error=repr(exc)[:300]))
-        print(rows[-1], flush=True)
+    return rows
+
+
+def section_lin_variants():
+    """Tile shapes of the linear scan (bf16 and fp32, B=8, L=16384, D=1536), forward and forward+backward."""
+    from ssmkit.kernels.linear_scan import triton as lin
+
+    rows = []
     B, L, D = 8, 16384, 1536
-    ref_h = linear_runner("triton", dtype, "fwd", B, L, D)().float()
-    for block_t, block_d, warps, stages in LINEAR_VARIANTS:
-        cfg = dict(block_t=block_t, block_d=block_d, warps=warps, stages=stages)
-        try:
-            with patched(lin, _BLOCK_T=block_t, _NUM_WARPS=warps, _NUM_STAGES=stages,
-                         _block_d=lambda batch, dim, b=block_d: b):
-                run = linear_runner("triton", dtype, "fwd", B, L, D)
-                err = _rel(ref_h, run().float())
-                ms_f = bench_ms(run)
-                ms_fb = bench_ms(linear_runner("triton", dtype, "fwd+bwd", B, L, D))
-            rows.append(dict(kernel="linear", **cfg, L=L, fwd_ms=round(ms_f, 4), fwd_bwd_ms=round(ms_fb, 4),
-                             rel_err_vs_default=err))
-        except Exception as exc:
-            rows.append(dict(kernel="linear", **cfg, error=repr(exc)[:300]))
-        print(rows[-1], flush=True)
-        torch.cuda.empty_cache()
+    for dtype in (torch.bfloat16, torch.float32):
+        ref_h = linear_runner("triton", dtype, "fwd", B, L, D)().float()
+        for block_t, block_d, warps in LINEAR_VARIANTS:
+            cfg = dict(dtype=str(dtype)[6:], block_t=block_t, block_d=block_d, warps=warps)
+            try:
+                with patched(lin, _BLOCK_T=block_t, _NUM_WARPS=warps,
+                             _block_d=lambda batch, dim, b=block_d: b):
+                    run = linear_runner("triton", dtype, "fwd", B, L, D)
+                    err = _rel(ref_h, run().float())
+                    ms_f = bench_ms(run)
+                    ms_fb = bench_ms(linear_runner("triton", dtype, "fwd+bwd", B, L, D))
+                rows.append(dict(kernel="linear", **cfg, L=L, fwd_ms=round(ms_f, 4), fwd_bwd_ms=round(ms_fb, 4),
+                                 rel_err_vs_default=err))
+            except Exception as exc:
+                rows.append(dict(kernel="linear", **cfg, error=repr(exc)[:300]))
+            print(rows[-1], flush=True)
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -224,8 +222,9 @@ def markdown(result) -> str:
             else:
                 lines.append(f"| {r['impl']} | {r['dtype']} | {r['mode']} | {r['L']} | error: {r['error'][:80]} | | |")
         lines.append("")
-    if result.get("variants"):
-        lines += ["### Variants (bf16)", ""] + [f"- {json.dumps(r)}" for r in result["variants"]] + [""]
+    for name in ("sel_variants", "lin_variants"):
+        if result.get(name):
+            lines += [f"### Variants ({name})", ""] + [f"- {json.dumps(r)}" for r in result[name]] + [""]
     for name, text in result.get("errors", {}).items():
         lines += [f"Section {name} failed: `{text.splitlines()[-1][:200]}`", ""]
     return "\n".join(lines)
@@ -233,8 +232,8 @@ def markdown(result) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sections", nargs="+", default=["selective", "linear", "variants"],
-                   choices=["selective", "linear", "variants"])
+    p.add_argument("--sections", nargs="+", default=["sel_variants", "selective", "lin_variants", "linear"],
+                   choices=["sel_variants", "selective", "lin_variants", "linear"])
     p.add_argument("--selective-backends", nargs="+", default=["triton", "torch"])
     p.add_argument("--out", default=None, help="results file stem (default benchmarks/results/kernels-gpu-<device>)")
     args = p.parse_args(argv)
@@ -250,7 +249,8 @@ def main(argv=None) -> None:
     stem = Path(args.out) if args.out else RESULTS / f"kernels-gpu-{dev}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     sections = dict(selective=lambda: section_selective(result["ceilings"], backends=args.selective_backends),
-                    linear=lambda: section_linear(result["ceilings"]), variants=section_variants)
+                    linear=lambda: section_linear(result["ceilings"]), sel_variants=section_sel_variants,
+                    lin_variants=section_lin_variants)
     for name in args.sections:
         start = time.perf_counter()
         try:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device-machine call: the Triton kernels' CUDA tests, then the GPU kernel targets; logs and results in $OUT.
-# Usage (repository root, on the GPU machine): OUT=<folder> bash benchmarks/gpu_session.sh [TESTS_S] [BENCH_S] [GRID_S]
+# Usage (repository root, on the GPU machine): OUT=<folder> [SECTIONS=...] bash benchmarks/gpu_session.sh [TESTS_S] [BENCH_S] [GRID_S]
 set -u
 export PYTHONUNBUFFERED=1 OUT="${OUT:-/tmp/ssmkit-gpu}"
 mkdir -p "$OUT"
@@ -13,8 +13,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=c
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 timeout "${1:-200}" python3 -m pytest -q -p no:cacheprovider -n 12 tests/kernels/test_triton_cuda.py 2>&1 \
   | tee "$OUT/cuda_tests.log" | grep -v "^\.*\s*\[" | tail -40
-timeout "${2:-200}" python3 benchmarks/gpu_kernels.py --selective-backends ${SELECTIVE_BACKENDS:-triton torch} --out "$OUT/kernels-gpu" > "$OUT/gpu_kernels.log" 2>&1
-tail -70 "$OUT/gpu_kernels.log"
+timeout "${2:-200}" python3 benchmarks/gpu_kernels.py --selective-backends ${SELECTIVE_BACKENDS:-triton torch} \
+  --sections ${SECTIONS:-sel_variants selective lin_variants linear} --out "$OUT/kernels-gpu" > "$OUT/gpu_kernels.log" 2>&1
+grep -v "^{" "$OUT/gpu_kernels.log" | tail -60
 if [ "${3:-0}" != 0 ]; then
   timeout "$3" python3 benchmarks/kernels.py --device cuda --repeats 10 --budget-s 3 --out "$OUT/kernels-cuda" \
     > "$OUT/kernels_grid.log" 2>&1

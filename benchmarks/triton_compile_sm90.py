@@ -10,7 +10,8 @@ STACK > 0 and STL / LDL instructions while LOCAL stays 0 (these kernels make no 
 any nonzero STACK, LOCAL or STL_LDL counts as a spill.
 
 Each kernel is specialised exactly as ``kernel[grid](...)`` would specialise it (same helper functions for the block
-sizes, same constexprs, num_warps=4, the JIT's own integer / alignment specialisation) for a representative call:
+sizes, same constexprs, the backend's num_warps, the JIT's own integer / alignment specialisation) for a
+representative call:
 ``DIM`` channels in ``GROUPS`` group(s), ``SEQLEN`` steps, pointers 16-byte aligned (as fresh PyTorch allocations
 are), weights / states / checkpoints in float32 and activations in the I/O dtype. Flags listed together in a spec's
 ``flag_groups`` are switched on and off together (D, z, delta_bias and softplus: the Mamba gates); the groups are
@@ -59,7 +60,7 @@ from ssmkit.kernels.linear_scan import triton as linear
 from ssmkit.kernels.selective_scan import triton as selective
 
 TARGET = GPUTarget("cuda", 90, 32)  # H100: sm_90, 32 threads per warp
-NUM_WARPS = 4  # what every launch in ssmkit uses
+NUM_WARPS = 4  # the state-update kernel's launch; the scans' come from their modules
 DIM, GROUPS, SEQLEN = 1536, 1, 2048  # representative call (Mamba-130m: d_inner 1536, one B/C group)
 DSTATES = (1, 4, 16, 64)
 LINEAR_BATCHES = (1, 8)  # linear_scan's BLOCK_D depends on the batch: 16 at batch 1, 32 at batch 8 (DIM = 1536)
@@ -75,6 +76,17 @@ def _selective_sizes(dstate: int, unroll: int, tile_values: int) -> dict[str, in
     ints = ("seqlen", "dim", "groups", "dim_per_group", "tiles_per_group", "dstate", "n_chunks")
     return {**{k: geo[k] for k in ints}, "CHUNK": geo["chunk"], "BLOCK_D": geo["block_d"],
             "BLOCK_N": geo["block_n"], "UNROLL": unroll}
+
+
+def _rows_sizes(dstate: int) -> dict[str, int]:
+    """Integer arguments and constexprs of the rows forward (as in ``_SelectiveScanFn.forward``); ELEM is per dtype."""
+    meta = functools.partial(torch.empty, device="meta")
+    geo = selective._geometry(meta(1, SEQLEN, DIM), meta(DIM, dstate), meta(1, SEQLEN, GROUPS, dstate), 128)
+    block_d = 32 * selective._ROWS_NUM_WARPS
+    return {"seqlen": SEQLEN, "dim": DIM, "groups": GROUPS, "dim_per_group": DIM // GROUPS,
+            "tiles_per_group": triton.cdiv(DIM // GROUPS, block_d), "n_chunks": geo["n_chunks"], "CHUNK": geo["chunk"],
+            "BLOCK_D": block_d, "DSTATE": dstate, "PREFETCH": selective._rows_prefetch(dstate),
+            "PACK": dstate % 4 == 0, "FAST": True}  # whole 8-byte B / C words for every dtype when 4 divides N
 
 
 def _linear_sizes(batch: int) -> dict[str, int]:
@@ -101,6 +113,7 @@ class KernelSpec:
         flag_groups: constexpr flags; the flags of one group are switched together, groups over all combinations.
         axis: name of the swept quantity ("N" or "batch") and its values.
         sizes: axis value -> integer arguments and non-flag constexprs.
+        num_warps: warps per program, as the backend launches it.
     """
 
     name: str
@@ -109,6 +122,7 @@ class KernelSpec:
     flag_groups: tuple[tuple[str, ...], ...]
     axis: tuple[str, tuple[int, ...]]
     sizes: Callable[[int], dict[str, int]]
+    num_warps: int = NUM_WARPS
 
 
 _SEL_FWD_IO = frozenset({"u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr"})
@@ -117,16 +131,21 @@ SPECS = (
     KernelSpec("selective_scan._fwd_kernel", selective._fwd_kernel, _SEL_FWD_IO,
                (GATES, ("HAS_INIT",), ("HAS_LENGTHS",), ("REVERSE",)), ("N", DSTATES),
                functools.partial(_selective_sizes, unroll=selective._UNROLL_FWD,
-                                 tile_values=selective._TILE_VALUES_FWD)),
+                                 tile_values=selective._TILE_VALUES_FWD), num_warps=selective._NUM_WARPS_FWD),
+    KernelSpec("selective_scan._fwd_rows_kernel", selective._fwd_rows_kernel, _SEL_FWD_IO,
+               (GATES, ("HAS_INIT",), ("HAS_LENGTHS",), ("REVERSE",)), ("N", (1, 4, 16, 32)), _rows_sizes,
+               num_warps=selective._ROWS_NUM_WARPS),
     KernelSpec("selective_scan._bwd_kernel", selective._bwd_kernel,
                _SEL_FWD_IO - {"y_ptr"} | {"dy_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"},
                (GATES, ("HAS_DFINAL",), ("HAS_LENGTHS",), ("REVERSE",)), ("N", DSTATES),
                functools.partial(_selective_sizes, unroll=selective._UNROLL_BWD,
-                                 tile_values=selective._TILE_VALUES_BWD)),
+                                 tile_values=selective._TILE_VALUES_BWD), num_warps=selective._NUM_WARPS_BWD),
     KernelSpec("linear_scan._fwd_kernel", linear._fwd_kernel, _LIN_IO,
-               (("HAS_INIT",), ("HAS_LENGTHS",), ("REVERSE",)), ("batch", LINEAR_BATCHES), _linear_sizes),
+               (("HAS_INIT",), ("HAS_LENGTHS",), ("REVERSE",)), ("batch", LINEAR_BATCHES), _linear_sizes,
+               num_warps=linear._NUM_WARPS),
     KernelSpec("linear_scan._bwd_kernel", linear._bwd_kernel, _LIN_IO,
-               (("HAS_DFINAL",), ("HAS_LENGTHS",), ("REVERSE",)), ("batch", LINEAR_BATCHES), _linear_sizes),
+               (("HAS_DFINAL",), ("HAS_LENGTHS",), ("REVERSE",)), ("batch", LINEAR_BATCHES), _linear_sizes,
+               num_warps=linear._NUM_WARPS),
     KernelSpec("_step_triton._state_update_kernel", step._state_update_kernel,
                frozenset({"x_ptr", "dt_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr"}), (GATES,), ("N", DSTATES),
                _step_sizes),
@@ -177,7 +196,9 @@ def compile_case(case: tuple[int, str, int, dict[str, bool]]) -> dict:
     signature, constexprs, attrs = {}, {}, {}
     for i, param in enumerate(spec.fn.params):
         name = param.name
-        if name in flags or name in sizes:
+        if name == "ELEM":  # the rows forward's B / C element code
+            arg = {"fp32": 0, "bf16": 1, "fp16": 2}[dtype]
+        elif name in flags or name in sizes:
             arg = flags.get(name, sizes.get(name))
         else:  # a pointer: a meta tensor carries the dtype and (address 0) the 16-byte alignment
             arg_dtype = DTYPES[dtype] if name in spec.io_ptrs else torch.int64 if name == "len_ptr" else torch.float32
@@ -195,7 +216,7 @@ def compile_case(case: tuple[int, str, int, dict[str, bool]]) -> dict:
            "blocks": {k: v for k, v in sizes.items() if k.isupper()}, "flags": flags}
     try:
         kernel = triton.compile(ASTSource(spec.fn, signature, constexprs, attrs), target=TARGET,
-                                options={"num_warps": NUM_WARPS})
+                                options={"num_warps": spec.num_warps})
         row.update(_resource_usage(kernel.asm["cubin"]))
     except Exception as exc:  # any failure is a result to report, not a crash
         row["error"] = f"{type(exc).__name__}: {exc}".strip()
@@ -215,7 +236,8 @@ def _markdown(report: dict) -> str:
     """Markdown page: provenance, per-kernel summary, then one line per compiled configuration."""
     lines = [f"# Triton AOT compile for sm_90 (H100), triton {report['triton']}", "",
              f"- date: {report['date']}", f"- command: `{report['command']}`",
-             f"- geometry: {report['geometry']}, num_warps={NUM_WARPS}; flags listed are on, the others off",
+             f"- geometry: {report['geometry']}, num_warps as each backend launches its kernel; flags listed are on, "
+             "the others off",
              f"- {report['compiled']} / {report['cases']} compiled, {report['failed']} failed, "
              f"{report['spilled']} with spills (STACK, LOCAL or STL_LDL > 0), max REG {report['max_reg']}, "
              f"{report['elapsed_s']} s", "",

@@ -48,6 +48,59 @@ def test_selective_scan_half(seqlen, dtype, flags):
                             dtype=dtype, seed=seqlen + flags, device="cuda", **options)
 
 
+@pytest.mark.parametrize("flags", range(4), ids=lambda i: f"flags{i}")
+@pytest.mark.parametrize("seqlen", (7, 1000), ids=lambda L: f"L{L}")
+def test_selective_scan_tile_forward(seqlen, flags, monkeypatch):
+    """The [BLOCK_D, BLOCK_N] tile forward (used above _ROWS_MAX_DSTATE states), forced at N = 16."""
+    from ssmkit.kernels.selective_scan import triton as selective_triton
+
+    monkeypatch.setattr(selective_triton, "_FWD_KIND", "tile")
+    options = dict(flag_sets()[flags])
+    reverse = options.pop("reverse")
+    check_selective_backend("triton", reverse=reverse, batch=2, seqlen=seqlen, dim=48, dstate=16, groups=2,
+                            seed=seqlen + flags, device="cuda", **options)
+
+
+@pytest.mark.parametrize("dstate", (32, 48), ids=lambda n: f"N{n}")
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16), ids=str)
+def test_selective_scan_many_states(dstate, dtype):
+    """N = 32 (the rows forward at its limit) and N = 48 (the tile forward)."""
+    check_selective_backend("triton", batch=2, seqlen=129, dim=40, dstate=dstate, groups=1, dtype=dtype, seed=dstate,
+                            has_init=True, has_lengths=True, device="cuda")
+
+
+@pytest.mark.parametrize("setting", ({"_ROWS_PREFETCH": 1}, {"_ROWS_PREFETCH": 3}, {"_ROWS_PREFETCH": 8},
+                                     {"_ROWS_PACK": False}, {"_ROWS_NUM_WARPS": 4}),
+                         ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()))
+def test_selective_scan_rows_settings(setting, monkeypatch):
+    """Every setting of the rows forward that the benchmark sweeps gives the reference result."""
+    from ssmkit.kernels.selective_scan import triton as selective_triton
+
+    for name, value in setting.items():
+        monkeypatch.setattr(selective_triton, name, value)
+    check_selective_backend("triton", reverse=True, batch=2, seqlen=200, dim=160, dstate=16, groups=2,
+                            dtype=torch.bfloat16, seed=3, has_init=True, has_lengths=True, device="cuda")
+
+
+def test_selective_scan_misaligned_bc_rows():
+    """B / C whose data does not start on an 8-byte boundary are read value by value (no packed words)."""
+    from ssmkit.kernels.selective_scan import triton as selective_triton
+
+    x, lengths = make_selective_inputs(batch=2, seqlen=100, dim=64, dstate=16, groups=2, dtype=torch.bfloat16, seed=4,
+                                       device="cuda")
+    for name in ("B", "C"):
+        buf = torch.empty(x[name].numel() + 1, device="cuda", dtype=x[name].dtype)[1:]
+        x[name] = buf.view_as(x[name]).copy_(x[name])  # contiguous, 2 bytes past an aligned address
+        assert x[name].is_contiguous() and x[name].data_ptr() % 8 != 0
+    assert not selective_triton._packable(x["B"], x["C"], 16)
+    y_ref, s_ref, g_ref = run_selective(x, lengths, "naive", True, False, as_double=True)
+    y, s, grads = run_selective(x, lengths, "triton", True, False)
+    assert_close("y", y_ref, y, TOL[torch.bfloat16])
+    assert_close("final_state", s_ref, s, TOL[torch.bfloat16])
+    for name, ref in g_ref.items():
+        assert_close(f"d{name}", ref, grads[name], TOL[torch.bfloat16])
+
+
 def test_selective_scan_wide_multi_tile():
     """D spans many tiles of several groups (masked last tile) at a model-like shape."""
     check_selective_backend("triton", batch=3, seqlen=300, dim=3 * 200, dstate=16, groups=3, has_init=True,

@@ -27,7 +27,13 @@ SELECTIVE_CASES = {
     "sel-L33-N1-G2-f2": dict(seqlen=33, dstate=1, groups=2, flags=2),
     "sel-L33-N4-G2-f3": dict(seqlen=33, dstate=4, groups=2, flags=3),
     "sel-L7-N4-G2-wide-f0": dict(seqlen=7, dstate=4, groups=2, flags=0, dim=144),  # 2 tiles per group, masked
-    "sel-L33-N4-G2-bf16-f0": dict(seqlen=33, dstate=4, groups=2, flags=0, dtype=torch.bfloat16),
+    "sel-L33-N4-G2-bf16-f0": dict(seqlen=33, dstate=4, groups=2, flags=0, dtype=torch.bfloat16),  # packed B/C rows
+    "sel-L33-N4-G2-fp16-f2": dict(seqlen=33, dstate=4, groups=2, flags=2, dtype=torch.float16),  # packed B/C rows
+    "sel-L33-N2-G1-bf16-f3": dict(seqlen=33, dstate=2, groups=1, flags=3, dtype=torch.bfloat16),  # unpacked rows
+    "sel-L9-N16-G1-f1": dict(seqlen=9, dstate=16, groups=1, flags=1),
+    # the [BLOCK_D, BLOCK_N] tile forward (used above _ROWS_MAX_DSTATE states), forced at small N
+    "sel-L33-N4-G2-tile-f0": dict(seqlen=33, dstate=4, groups=2, flags=0, kind="tile"),
+    "sel-L33-N4-G2-tile-bf16-f3": dict(seqlen=33, dstate=4, groups=2, flags=3, kind="tile", dtype=torch.bfloat16),
 }
 LINEAR_CASES = {
     "lin-L1": dict(seqlen=1, reverse=False, has_init=False, has_lengths=False),
@@ -45,14 +51,20 @@ CASES = [*SELECTIVE_CASES, *LINEAR_CASES, *STEP_CASES, "deterministic-backward",
 
 
 def _selective_case(case: dict) -> None:
+    from ssmkit.kernels.selective_scan import triton as selective_triton
     from tests.kernels.scan_testing import check_selective_backend, flag_sets
 
     flags = dict(flag_sets()[case["flags"]])
     reverse = flags.pop("reverse")
     groups = case["groups"]
-    check_selective_backend("triton", reverse=reverse, batch=2, seqlen=case["seqlen"], dim=case.get("dim", 4 * groups),
-                            dstate=case["dstate"], groups=groups, dtype=case.get("dtype", torch.float32),
-                            seed=case["seqlen"] * 31 + case["dstate"], **flags)
+    selective_triton._FWD_KIND = case.get("kind", "rows")
+    try:
+        check_selective_backend("triton", reverse=reverse, batch=2, seqlen=case["seqlen"],
+                                dim=case.get("dim", 4 * groups), dstate=case["dstate"], groups=groups,
+                                dtype=case.get("dtype", torch.float32), seed=case["seqlen"] * 31 + case["dstate"],
+                                **flags)
+    finally:
+        selective_triton._FWD_KIND = "rows"
 
 
 def _linear_case(case: dict) -> None:

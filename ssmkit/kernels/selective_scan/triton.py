@@ -1,18 +1,21 @@
 """Selective scan, Triton backend: fused forward and backward kernels (state on chip, recompute in backward).
 
-Design (layout [B, L, D]; B and C arrive as [B, L, G, N]; see naive.py for the glossary):
+Design (layout [B, L, D]; B and C arrive as [B, L, G, N]; see naive.py for the glossary). Two forward kernels, one
+backward; ``reverse`` and ``lengths`` are index arithmetic everywhere (step ``s`` reads time ``t = s`` or
+``t = len - 1 - s`` and the loops stop at ``len``); nothing is flipped or copied.
 
-* Grid ``(batch, G * tiles_per_group)``. A program owns ``BLOCK_D`` consecutive channels of ONE group (tiles never
-  straddle groups, so the tile's B_t / C_t are one [N] row) and all ``N`` states: the state ``h`` is a
-  ``[BLOCK_D, BLOCK_N]`` float32 register tile of ``_TILE_VALUES_FWD`` / ``_TILE_VALUES_BWD`` values.
-  ``reverse`` and ``lengths`` are index arithmetic: step ``s`` reads time ``t = s`` or ``t = len - 1 - s`` and the
-  loops stop at ``len``; nothing is flipped or copied.
-* Forward: the program walks its steps in groups of ``UNROLL`` (``_UNROLL_FWD``). Each group is ONE 2-D load per
-  input (u, delta, z: ``[U, BLOCK_D]`` rows, contiguous over D; B, C: ``[U, N]``), issued before the group's math;
-  the U recurrence steps then run from registers, y is assembled as a ``[U, BLOCK_D]`` tile, D * u and the silu(z)
-  gate are applied to the tile and it is stored at once. The forward also writes the final state and a float32
-  checkpoint of the state every ``CHUNK = 32`` steps, ``ckpt [B, ceil(L / CHUNK), D, N]``. No [B, L, D, N] tensor
-  ever reaches HBM. (A one-row-per-step variant, measured 18 % slower than U = 4 on the H200, was removed.)
+* Forward, "rows" kernel (``_fwd_rows_kernel``, used up to ``_ROWS_MAX_DSTATE`` = 32 states): one channel per
+  thread, 32 channels per one-warp program, grid ``(batch, G * tiles_per_group)``. A thread keeps its channel's N
+  states as N float32 registers (a tuple of ``[BLOCK_D]`` vectors, unrolled over N), so the sum over N for y and
+  the broadcast of B_t / C_t need no shuffles and no shared memory: per state and step it is one multiply
+  (``dt * A log2 e``), one ``ex2.approx``, two FMAs. B_t / C_t rows are read as whole 8-byte words when the rows
+  allow it (``_packable``). The loads of the next ``PREFETCH`` steps are issued before the current step computes
+  (a ring of loaded values carried by the loop, unrolled ``PREFETCH`` times): the kernel is latency-bound and this
+  is what pays. Every ``CHUNK = 32`` steps it stores a float32 checkpoint of the state,
+  ``ckpt [B, ceil(L / CHUNK), D, N]``, and at the end the final state.
+* Forward, "tile" kernel (``_fwd_kernel``, any N): a program owns ``BLOCK_D`` channels of one group and all N
+  states as a ``[BLOCK_D, BLOCK_N]`` register tile of ``_TILE_VALUES_FWD`` values and walks its steps in groups of
+  ``_UNROLL_FWD``, one 2-D load per input per group; same checkpoints and outputs.
 * Backward walks the chunks in reverse. For each chunk it recomputes the chunk's states from the checkpoint into a
   per-program float32 scratch ``[CHUNK, BLOCK_D, BLOCK_N]`` (8 KiB at 256 values: meant to stay in L1/L2), then
   runs the adjoint recurrence backwards through the chunk: ``g_h += dy_pre * C_t``, gradients of the step,
@@ -20,7 +23,9 @@ Design (layout [B, L, D]; B and C arrive as [B, L, G, N]; see naive.py for the g
   written as per-tile float32 partials ``[B, L, G, tiles_per_group, N]``; dA, dD and d(delta_bias) as per-batch
   partials ``[B, D, N]`` / ``[B, D]``. The partials are reduced afterwards with torch: deterministic, no atomics.
   The backward runs one step per iteration (UNROLL = 1: at 150-200 registers it has no room for more).
-* Math is float32 whatever the I/O dtype (fp32 / bf16 / fp16). Softplus uses threshold 20, as the spec.
+* Math is float32 whatever the I/O dtype (fp32 / bf16 / fp16). Softplus uses threshold 20, as the spec. On a GPU
+  the rows kernel uses the approximate ``ex2`` / ``lg2`` instructions (``FAST``); the interpreter uses tl.exp2 /
+  tl.log2.
 
 Bytes moved per (batch, token), s = I/O element size, T = tiles per group (G * T = D / BLOCK_D):
   forward  ``4 s D + 2 s G N`` (u, delta, z in; y out; B_t, C_t) plus ``4 D N / CHUNK`` of checkpoints;
@@ -28,15 +33,14 @@ Bytes moved per (batch, token), s = I/O element size, T = tiles per group (G * T
   recompute pass, plus ``2 * 4 * G * T * N`` of dB/dC partials written and read again by the reduction (at N = 16
   and the default BLOCK_D = 8 that is 16 D bytes, more than the 14 D of bf16 I/O: the price of no atomics, also in
   memory), plus the scratch (L1/L2).
-  B_t / C_t rows are re-read by every tile of a group (L2 traffic, not HBM). One exp per (d, n) per step forward,
+  B_t / C_t rows are re-read by every program of a group (L2 traffic, not HBM). One exp per (d, n) per step forward,
   two in backward: at N >= 16 the special-function unit, not HBM, bounds an H100 (reference/kernels.md section 4).
-Measured on an H200 (benchmarks/results/kernels-gpu.md; B=8, L=4096, D=1536, N=16, bf16): the defaults below
-(forward: 128 state values per program, one warp, U = 4; backward: 128 values, one warp) were chosen from a sweep of
-tile sizes, warps, U and pipeline stages. Forward 2.05 ms, 9 % of the exp floor (0.19 ms); forward+backward 8.9 ms.
-Reading of the sweep (not profiled): both kernels are latency-bound. Each program walks its L steps one after the
-other (1536 one-warp programs here, about 12 warps per SM); the fastest forward and backward configurations were
-one-warp programs of 128 state values, whose reductions over N and D are warp shuffles rather than shared-memory
-round trips. A chunk-parallel (time-split) formulation that gives each SM more independent steps is the next step.
+Measured on an H200 (benchmarks/results/kernels-gpu.md; B=8, L=4096, D=1536, N=16, bf16): forward 2.05 ms with the
+tile kernel, 1.12-1.16 ms with the rows kernel at PREFETCH = 4 (the default; 1.02 ms at 6, which was not run
+through the CUDA test suite), i.e. 17 % of the exp floor (0.19 ms); forward+backward 8.9 -> 8.4 ms. The rows kernel
+is still latency-bound: 384 one-warp programs leave one warp or none per scheduler, and ptxas moves part of the
+prefetched values into other registers a step after their load, which waits on it. Reaching the floor needs more
+independent work per scheduler (a time-split pass, or a channel's states spread over 2-4 lanes).
 """
 
 
@@ -45,6 +49,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from ssmkit.kernels._backend import triton_interpret
 
 __all__ = ["selective_scan"]
 
@@ -57,6 +63,14 @@ _NUM_WARPS_FWD = 1
 _NUM_WARPS_BWD = 1
 _NUM_STAGES_FWD = 3
 _NUM_STAGES_BWD = 3
+# forward "rows" kernel (one channel per thread, its N states in registers): used when N <= _ROWS_MAX_DSTATE
+_FWD_KIND = "rows"  # "rows" or "tile" (the [BLOCK_D, BLOCK_N] tile kernel, any N)
+_ROWS_MAX_DSTATE = 32
+_ROWS_NUM_WARPS = 1  # BLOCK_D = 32 * warps channels per program
+_ROWS_PREFETCH = 4  # steps loaded ahead of the one being computed (1 above 16 states: registers)
+_ROWS_PACK = True  # load B_t / C_t rows as 8-byte words (when N and the pointers allow it)
+_LOG2E = tl.constexpr(1.4426950408889634)
+_LN2 = tl.constexpr(0.6931471805599453)
 
 
 def _chunk_size() -> int:
@@ -153,6 +167,176 @@ def _fwd_kernel(
                 y_group = y_group * z_group * tl.sigmoid(z_group)
             tl.store(y_ptr + off, y_group, mask=m)
     tl.store(final_ptr + pid_b * dim * dstate + dn, h, mask=m2)
+
+
+@triton.jit
+def _exp2(x, FAST: tl.constexpr):
+    """2**x: the bare ``ex2.approx.ftz`` instruction on a GPU (FAST), ``tl.exp2`` in the interpreter."""
+    if FAST:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return tl.exp2(x)
+
+
+@triton.jit
+def _log2(x, FAST: tl.constexpr):
+    """log2(x): ``lg2.approx.ftz`` on a GPU (FAST), ``tl.log2`` in the interpreter."""
+    if FAST:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+                                         pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _load_bc_row(ptr, ok, DSTATE: tl.constexpr, PACK: tl.constexpr):
+    """The N values of one B_t or C_t row, as loaded (unconverted, so the load is not waited on): a tuple of
+    N scalars, or with PACK a tuple of 8-byte words (each word holds 8 // element-size values)."""
+    row = ()
+    if PACK:
+        words = ptr.to(tl.pointer_type(tl.uint64))
+        for w in tl.static_range(DSTATE * ptr.dtype.element_ty.primitive_bitwidth // 64):
+            row = row + (tl.load(words + w, mask=ok, other=0),)
+    else:
+        for i in tl.static_range(DSTATE):
+            row = row + (tl.load(ptr + i, mask=ok, other=0.0),)
+    return row
+
+
+@triton.jit
+def _bc_value(row, i: tl.constexpr, ELEM: tl.constexpr, PACK: tl.constexpr):
+    """Value ``i`` of a row from ``_load_bc_row`` as float32 (ELEM: 0 float32, 1 bfloat16, 2 float16)."""
+    if PACK:
+        if ELEM == 0:
+            word = row[i // 2]
+            if i % 2 == 0:
+                bits = word.to(tl.uint32)
+            else:
+                bits = (word >> 32).to(tl.uint32)
+            return bits.to(tl.float32, bitcast=True)
+        else:
+            word = row[i // 4]
+            if (i % 4) // 2 == 0:
+                half = word.to(tl.uint32)
+            else:
+                half = (word >> 32).to(tl.uint32)
+            if ELEM == 1:  # bfloat16: the value's 16 bits become the high half of a float32
+                if i % 2 == 0:
+                    return (half << 16).to(tl.float32, bitcast=True)
+                else:
+                    return (half & 0xFFFF0000).to(tl.float32, bitcast=True)
+            else:
+                if i % 2 == 0:
+                    bits16 = half.to(tl.uint16)
+                else:
+                    bits16 = (half >> 16).to(tl.uint16)
+                return bits16.to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        return row[i].to(tl.float32)
+
+
+@triton.jit
+def _load_step(u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, s, length, seqlen, dim, groups, g, pid_b, d, dmask,
+               HAS_Z: tl.constexpr, REVERSE: tl.constexpr, DSTATE: tl.constexpr, PACK: tl.constexpr):
+    """Issue the loads of step ``s`` (masked off past ``length``) and return them unconverted."""
+    ok = s < length
+    if REVERSE:
+        t = length - 1 - s
+    else:
+        t = s
+    row = pid_b * seqlen + t
+    m = dmask & ok
+    u = tl.load(u_ptr + row * dim + d, mask=m, other=0.0)  # [BD]
+    dt = tl.load(delta_ptr + row * dim + d, mask=m, other=0.0)  # [BD]
+    if HAS_Z:
+        z = tl.load(z_ptr + row * dim + d, mask=m, other=0.0)  # [BD]
+    else:
+        z = u
+    bc = (row * groups + g) * DSTATE
+    return u, dt, z, _load_bc_row(B_ptr + bc, ok, DSTATE, PACK), _load_bc_row(C_ptr + bc, ok, DSTATE, PACK)
+
+
+@triton.jit
+def _fwd_rows_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, init_ptr, len_ptr,
+    y_ptr, final_ptr, ckpt_ptr,
+    seqlen, dim, groups, dim_per_group, tiles_per_group, n_chunks,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, DSTATE: tl.constexpr, PREFETCH: tl.constexpr,
+    PACK: tl.constexpr, ELEM: tl.constexpr, FAST: tl.constexpr,
+):
+    pid_b = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    g = pid_t // tiles_per_group
+    dloc = (pid_t % tiles_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    dmask = dloc < dim_per_group
+    d = g * dim_per_group + dloc  # [BD] channel index: one per thread
+    A2 = ()  # N x [BD]: A[d, i] * log2(e), so that exp(dt A) = exp2(dt A2)
+    h = ()  # N x [BD]: the state, float32 registers
+    for i in tl.static_range(DSTATE):
+        A2 = A2 + (tl.load(A_ptr + d * DSTATE + i, mask=dmask, other=0.0).to(tl.float32) * _LOG2E,)
+        if HAS_INIT:
+            h = h + (tl.load(init_ptr + (pid_b * dim + d) * DSTATE + i, mask=dmask, other=0.0).to(tl.float32),)
+        else:
+            h = h + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+    if HAS_LENGTHS:
+        length = tl.load(len_ptr + pid_b)
+    else:
+        length = seqlen
+    ring = ()  # loads of the next PREFETCH steps, in flight while the current step computes
+    for p in tl.static_range(PREFETCH):
+        ring = ring + (_load_step(u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, p, length, seqlen, dim, groups, g, pid_b, d,
+                                  dmask, HAS_Z, REVERSE, DSTATE, PACK),)
+    for s in tl.range(0, length, loop_unroll_factor=PREFETCH):
+        if s % CHUNK == 0:  # checkpoint of the state before step s (read by the backward)
+            ck = ckpt_ptr + ((pid_b * n_chunks + s // CHUNK) * dim + d) * DSTATE  # [BD]
+            for i in tl.static_range(DSTATE):
+                tl.store(ck + i, h[i], mask=dmask)
+        # convert step s's loads first (its ring slot is then free), then issue the loads of step s + PREFETCH
+        cur = ring[0]
+        u = cur[0].to(tl.float32)  # [BD]
+        dt = cur[1].to(tl.float32)  # [BD]
+        z = cur[2].to(tl.float32)  # [BD]
+        B_row = ()
+        C_row = ()
+        for i in tl.static_range(DSTATE):
+            B_row = B_row + (_bc_value(cur[3], i, ELEM, PACK),)
+            C_row = C_row + (_bc_value(cur[4], i, ELEM, PACK),)
+        later = ()
+        for p in tl.static_range(1, PREFETCH):
+            later = later + (ring[p],)
+        ring = later + (_load_step(u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, s + PREFETCH, length, seqlen, dim, groups,
+                                   g, pid_b, d, dmask, HAS_Z, REVERSE, DSTATE, PACK),)
+        if HAS_BIAS:
+            dt = dt + bias
+        if SOFTPLUS:
+            dt = tl.where(dt <= 20.0, _LN2 * _log2(1.0 + _exp2(tl.minimum(dt, 20.0) * _LOG2E, FAST), FAST), dt)
+        dtu = dt * u  # [BD]
+        y = tl.zeros([BLOCK_D], dtype=tl.float32)  # [BD]
+        h_next = ()
+        for i in tl.static_range(DSTATE):
+            h_i = _exp2(dt * A2[i], FAST) * h[i] + dtu * B_row[i]  # [BD]
+            y += h_i * C_row[i]
+            h_next = h_next + (h_i,)
+        h = h_next
+        if HAS_D:
+            y += Dv * u
+        if HAS_Z:
+            y = tl.fdiv(y * z, 1.0 + _exp2(-z * _LOG2E, FAST), ieee_rounding=not FAST)  # y silu(z) = y z / (1 + e^-z)
+        if REVERSE:
+            t = length - 1 - s
+        else:
+            t = s
+        tl.store(y_ptr + (pid_b * seqlen + t) * dim + d, y, mask=dmask)
+    fin = final_ptr + (pid_b * dim + d) * DSTATE  # [BD]
+    for i in tl.static_range(DSTATE):
+        tl.store(fin + i, h[i], mask=dmask)
 
 
 @triton.jit
@@ -297,6 +481,20 @@ def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, tile_values: in
                 chunk=chunk, block_d=block_d, block_n=block_n)
 
 
+_ELEM_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
+def _rows_prefetch(dstate: int) -> int:
+    """Steps in flight for the rows forward: the ring costs about 3 + N / 2 registers per step (bf16, packed)."""
+    return _ROWS_PREFETCH if dstate <= 16 else 1
+
+
+def _packable(B: torch.Tensor, C: torch.Tensor, dstate: int) -> bool:
+    """Whether B_t / C_t rows can be read as whole 8-byte words: same dtype, rows of a multiple of 8 bytes, aligned."""
+    return (_ROWS_PACK and B.dtype == C.dtype and (dstate * B.element_size()) % 8 == 0
+            and B.data_ptr() % 8 == 0 and C.data_ptr() % 8 == 0)
+
+
 def _opt(t: torch.Tensor | None, fallback: torch.Tensor) -> torch.Tensor:
     """Contiguous tensor, or a placeholder pointer for an absent optional input (never read: its flag is off)."""
     return fallback if t is None else t.contiguous()
@@ -312,16 +510,26 @@ class _SelectiveScanFn(torch.autograd.Function):
         y = alloc(batch, seqlen, dim, device=u.device, dtype=u.dtype)  # [B, L, D]
         final = torch.empty(batch, dim, dstate, device=u.device, dtype=torch.float32)  # [B, D, N]
         ckpt = torch.empty(batch, geo["n_chunks"], dim, dstate, device=u.device, dtype=torch.float32)
-        grid = (batch, geo["groups"] * geo["tiles_per_group"])
-        _fwd_kernel[grid](
-            u, delta, A, B, C, _opt(D, u), _opt(z, u), _opt(delta_bias, u), _opt(initial_state, u),
-            _opt(lengths, u), y, final, ckpt,
-            seqlen, dim, geo["groups"], geo["dim_per_group"], geo["tiles_per_group"], dstate, geo["n_chunks"],
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
-            HAS_INIT=initial_state is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
-            CHUNK=geo["chunk"], BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], UNROLL=_UNROLL_FWD,
-            num_warps=_NUM_WARPS_FWD, num_stages=_NUM_STAGES_FWD,
-        )
+        flags = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                     SOFTPLUS=delta_softplus, HAS_INIT=initial_state is not None, HAS_LENGTHS=lengths is not None,
+                     REVERSE=reverse, CHUNK=geo["chunk"])
+        inputs = (u, delta, A, B, C, _opt(D, u), _opt(z, u), _opt(delta_bias, u), _opt(initial_state, u),
+                  _opt(lengths, u), y, final, ckpt)
+        if _FWD_KIND == "rows" and dstate <= _ROWS_MAX_DSTATE:
+            block_d = min(32 * _ROWS_NUM_WARPS, triton.next_power_of_2(geo["dim_per_group"]))
+            tiles = triton.cdiv(geo["dim_per_group"], block_d)
+            _fwd_rows_kernel[(batch, geo["groups"] * tiles)](
+                *inputs, seqlen, dim, geo["groups"], geo["dim_per_group"], tiles, geo["n_chunks"], **flags,
+                BLOCK_D=block_d, DSTATE=dstate, PREFETCH=_rows_prefetch(dstate), PACK=_packable(B, C, dstate),
+                ELEM=_ELEM_CODE[B.dtype], FAST=not triton_interpret(),
+                num_warps=max(1, block_d // 32),
+            )
+        else:
+            _fwd_kernel[(batch, geo["groups"] * geo["tiles_per_group"])](
+                *inputs, seqlen, dim, geo["groups"], geo["dim_per_group"], geo["tiles_per_group"], dstate,
+                geo["n_chunks"], **flags, BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], UNROLL=_UNROLL_FWD,
+                num_warps=_NUM_WARPS_FWD, num_stages=_NUM_STAGES_FWD,
+            )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt)
         ctx.flags = (delta_softplus, reverse)
         return y, final
