@@ -145,6 +145,7 @@ SEL_FWD_VARIANTS = (  # module settings of selective_scan/triton.py for the forw
     *(dict(_FWD_KIND="rows", _ROWS_NUM_WARPS=1, _ROWS_PREFETCH=p, _ROWS_PACK=True) for p in (2, 3, 4, 5, 6, 8)),
     dict(_FWD_KIND="rows", _ROWS_NUM_WARPS=1, _ROWS_PREFETCH=4, _ROWS_PACK=False),
     dict(_FWD_KIND="rows", _ROWS_NUM_WARPS=2, _ROWS_PREFETCH=4, _ROWS_PACK=True),
+    *(dict(_FWD_KIND="rows", _ROWS_LANES=lanes, _ROWS_PREFETCH=p) for lanes in (2, 4) for p in (4, 8)),
 )
 LINEAR_VARIANTS = (  # (steps per tile, channels per program, warps)
     (64, 32, 4), (64, 32, 2), (32, 32, 4), (128, 32, 4), (64, 16, 4))

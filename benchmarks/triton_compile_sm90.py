@@ -85,7 +85,7 @@ def _rows_sizes(dstate: int) -> dict[str, int]:
     block_d = 32 * selective._ROWS_NUM_WARPS
     return {"seqlen": SEQLEN, "dim": DIM, "groups": GROUPS, "dim_per_group": DIM // GROUPS,
             "tiles_per_group": triton.cdiv(DIM // GROUPS, block_d), "n_chunks": geo["n_chunks"], "CHUNK": geo["chunk"],
-            "BLOCK_D": block_d, "DSTATE": dstate, "PREFETCH": selective._rows_prefetch(dstate),
+            "BLOCK_D": block_d, "DSTATE": dstate, "LANES": 1, "PREFETCH": selective._rows_prefetch(dstate),
             "PACK": dstate % 4 == 0, "FAST": True}  # whole 8-byte B / C words for every dtype when 4 divides N
 
 

@@ -70,7 +70,8 @@ def test_selective_scan_many_states(dstate, dtype):
 
 
 @pytest.mark.parametrize("setting", ({"_ROWS_PREFETCH": 1}, {"_ROWS_PREFETCH": 3}, {"_ROWS_PREFETCH": 8},
-                                     {"_ROWS_PACK": False}, {"_ROWS_NUM_WARPS": 4}),
+                                     {"_ROWS_PACK": False}, {"_ROWS_NUM_WARPS": 4}, {"_ROWS_LANES": 2},
+                                     {"_ROWS_LANES": 4, "_ROWS_PREFETCH": 8}),
                          ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()))
 def test_selective_scan_rows_settings(setting, monkeypatch):
     """Every setting of the rows forward that the benchmark sweeps gives the reference result."""

@@ -31,6 +31,11 @@ SELECTIVE_CASES = {
     "sel-L33-N4-G2-fp16-f2": dict(seqlen=33, dstate=4, groups=2, flags=2, dtype=torch.float16),  # packed B/C rows
     "sel-L33-N2-G1-bf16-f3": dict(seqlen=33, dstate=2, groups=1, flags=3, dtype=torch.bfloat16),  # unpacked rows
     "sel-L9-N16-G1-f1": dict(seqlen=9, dstate=16, groups=1, flags=1),
+    # the rows forward with a channel's states over 2 or 4 threads (_ROWS_LANES)
+    "sel-L33-N4-G2-lanes2-f0": dict(seqlen=33, dstate=4, groups=2, flags=0, lanes=2),
+    "sel-L33-N4-G1-lanes4-bf16-f3": dict(seqlen=33, dstate=4, groups=1, flags=3, lanes=4, dtype=torch.bfloat16),
+    "sel-L9-N16-G2-lanes2-bf16-f2": dict(seqlen=9, dstate=16, groups=2, flags=2, lanes=2, dtype=torch.bfloat16),
+    "sel-L7-N4-G2-wide-lanes2-f1": dict(seqlen=7, dstate=4, groups=2, flags=1, dim=144, lanes=2),  # 5 tiles per group
     # the [BLOCK_D, BLOCK_N] tile forward (used above _ROWS_MAX_DSTATE states), forced at small N
     "sel-L33-N4-G2-tile-f0": dict(seqlen=33, dstate=4, groups=2, flags=0, kind="tile"),
     "sel-L33-N4-G2-tile-bf16-f3": dict(seqlen=33, dstate=4, groups=2, flags=3, kind="tile", dtype=torch.bfloat16),
@@ -58,6 +63,7 @@ def _selective_case(case: dict) -> None:
     reverse = flags.pop("reverse")
     groups = case["groups"]
     selective_triton._FWD_KIND = case.get("kind", "rows")
+    selective_triton._ROWS_LANES = case.get("lanes", 1)
     try:
         check_selective_backend("triton", reverse=reverse, batch=2, seqlen=case["seqlen"],
                                 dim=case.get("dim", 4 * groups), dstate=case["dstate"], groups=groups,
@@ -65,6 +71,7 @@ def _selective_case(case: dict) -> None:
                                 **flags)
     finally:
         selective_triton._FWD_KIND = "rows"
+        selective_triton._ROWS_LANES = 1
 
 
 def _linear_case(case: dict) -> None:

@@ -12,7 +12,9 @@ backward; ``reverse`` and ``lengths`` are index arithmetic everywhere (step ``s`
   allow it (``_packable``). The loads of the next ``PREFETCH`` steps are issued before the current step computes
   (a ring of loaded values carried by the loop, unrolled ``PREFETCH`` times): the kernel is latency-bound and this
   is what pays. Every ``CHUNK = 32`` steps it stores a float32 checkpoint of the state,
-  ``ckpt [B, ceil(L / CHUNK), D, N]``, and at the end the final state.
+  ``ckpt [B, ceil(L / CHUNK), D, N]``, and at the end the final state. ``_ROWS_LANES`` = 2 or 4 splits a channel's
+  states over that many threads (more warps for the same work, y summed over them by a shuffle); it is tested
+  (interpreter) but not yet measured on a GPU, so the default is 1.
 * Forward, "tile" kernel (``_fwd_kernel``, any N): a program owns ``BLOCK_D`` channels of one group and all N
   states as a ``[BLOCK_D, BLOCK_N]`` register tile of ``_TILE_VALUES_FWD`` values and walks its steps in groups of
   ``_UNROLL_FWD``, one 2-D load per input per group; same checkpoints and outputs.
@@ -69,6 +71,7 @@ _ROWS_MAX_DSTATE = 32
 _ROWS_NUM_WARPS = 1  # BLOCK_D = 32 * warps channels per program
 _ROWS_PREFETCH = 4  # steps loaded ahead of the one being computed (1 above 16 states: registers)
 _ROWS_PACK = True  # load B_t / C_t rows as 8-byte words (when N and the pointers allow it)
+_ROWS_LANES = 1  # threads per channel, each with N / LANES of its states (2 or 4: more warps; not yet measured)
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
 
@@ -190,16 +193,16 @@ def _log2(x, FAST: tl.constexpr):
 
 
 @triton.jit
-def _load_bc_row(ptr, ok, DSTATE: tl.constexpr, PACK: tl.constexpr):
-    """The N values of one B_t or C_t row, as loaded (unconverted, so the load is not waited on): a tuple of
-    N scalars, or with PACK a tuple of 8-byte words (each word holds 8 // element-size values)."""
+def _load_bc_row(ptr, ok, COUNT: tl.constexpr, PACK: tl.constexpr):
+    """COUNT values of a B_t or C_t row from ``ptr``, as loaded (unconverted, so the load is not waited on): a
+    tuple of COUNT values, or with PACK a tuple of 8-byte words (each word holds 8 // element-size values)."""
     row = ()
     if PACK:
         words = ptr.to(tl.pointer_type(tl.uint64))
-        for w in tl.static_range(DSTATE * ptr.dtype.element_ty.primitive_bitwidth // 64):
+        for w in tl.static_range(COUNT * ptr.dtype.element_ty.primitive_bitwidth // 64):
             row = row + (tl.load(words + w, mask=ok, other=0),)
     else:
-        for i in tl.static_range(DSTATE):
+        for i in tl.static_range(COUNT):
             row = row + (tl.load(ptr + i, mask=ok, other=0.0),)
     return row
 
@@ -237,9 +240,11 @@ def _bc_value(row, i: tl.constexpr, ELEM: tl.constexpr, PACK: tl.constexpr):
 
 
 @triton.jit
-def _load_step(u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, s, length, seqlen, dim, groups, g, pid_b, d, dmask,
-               HAS_Z: tl.constexpr, REVERSE: tl.constexpr, DSTATE: tl.constexpr, PACK: tl.constexpr):
-    """Issue the loads of step ``s`` (masked off past ``length``) and return them unconverted."""
+def _load_step(u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, s, length, seqlen, dim, groups, g, pid_b, d, dmask, n0,
+               HAS_Z: tl.constexpr, REVERSE: tl.constexpr, DSTATE: tl.constexpr, NS: tl.constexpr,
+               PACK: tl.constexpr):
+    """Issue the loads of step ``s`` (masked off past ``length``) and return them unconverted: u, delta, z of the
+    thread's channel and its NS values of B_t and C_t, from state n0."""
     ok = s < length
     if REVERSE:
         t = length - 1 - s
@@ -253,8 +258,8 @@ def _load_step(u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, s, length, seqlen, dim, gr
         z = tl.load(z_ptr + row * dim + d, mask=m, other=0.0)  # [BD]
     else:
         z = u
-    bc = (row * groups + g) * DSTATE
-    return u, dt, z, _load_bc_row(B_ptr + bc, ok, DSTATE, PACK), _load_bc_row(C_ptr + bc, ok, DSTATE, PACK)
+    bc = (row * groups + g) * DSTATE + n0  # [BDL]
+    return u, dt, z, _load_bc_row(B_ptr + bc, ok, NS, PACK), _load_bc_row(C_ptr + bc, ok, NS, PACK)
 
 
 @triton.jit
@@ -264,27 +269,33 @@ def _fwd_rows_kernel(
     seqlen, dim, groups, dim_per_group, tiles_per_group, n_chunks,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
-    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, DSTATE: tl.constexpr, PREFETCH: tl.constexpr,
-    PACK: tl.constexpr, ELEM: tl.constexpr, FAST: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, DSTATE: tl.constexpr, LANES: tl.constexpr,
+    PREFETCH: tl.constexpr, PACK: tl.constexpr, ELEM: tl.constexpr, FAST: tl.constexpr,
 ):
+    NS: tl.constexpr = DSTATE // LANES  # states per thread
     pid_b = tl.program_id(0).to(tl.int64)
     pid_t = tl.program_id(1)
     g = pid_t // tiles_per_group
-    dloc = (pid_t % tiles_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD]
+    lane = tl.arange(0, BLOCK_D * LANES)  # [BDL] LANES consecutive threads share a channel
+    dloc = (pid_t % tiles_per_group) * BLOCK_D + lane // LANES  # [BDL]
     dmask = dloc < dim_per_group
-    d = g * dim_per_group + dloc  # [BD] channel index: one per thread
-    A2 = ()  # N x [BD]: A[d, i] * log2(e), so that exp(dt A) = exp2(dt A2)
-    h = ()  # N x [BD]: the state, float32 registers
-    for i in tl.static_range(DSTATE):
-        A2 = A2 + (tl.load(A_ptr + d * DSTATE + i, mask=dmask, other=0.0).to(tl.float32) * _LOG2E,)
+    d = g * dim_per_group + dloc  # [BDL] channel index
+    n0 = (lane % LANES) * NS  # [BDL] first state of the thread
+    A2 = ()  # NS x [BDL]: A[d, n0 + i] * log2(e), so that exp(dt A) = exp2(dt A2)
+    h = ()  # NS x [BDL]: the state, float32 registers
+    for i in tl.static_range(NS):
+        A2 = A2 + (tl.load(A_ptr + d * DSTATE + n0 + i, mask=dmask, other=0.0).to(tl.float32) * _LOG2E,)
         if HAS_INIT:
-            h = h + (tl.load(init_ptr + (pid_b * dim + d) * DSTATE + i, mask=dmask, other=0.0).to(tl.float32),)
+            h = h + (tl.load(init_ptr + (pid_b * dim + d) * DSTATE + n0 + i, mask=dmask, other=0.0).to(tl.float32),)
         else:
-            h = h + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+            h = h + (tl.zeros([BLOCK_D * LANES], dtype=tl.float32),)
+    dloc_c = (pid_t % tiles_per_group) * BLOCK_D + tl.arange(0, BLOCK_D)  # [BD] one per channel (y's store)
+    dmask_c = dloc_c < dim_per_group
+    d_c = g * dim_per_group + dloc_c
     if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BDL]
     if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BDL]
     if HAS_LENGTHS:
         length = tl.load(len_ptr + pid_b)
     else:
@@ -292,11 +303,11 @@ def _fwd_rows_kernel(
     ring = ()  # loads of the next PREFETCH steps, in flight while the current step computes
     for p in tl.static_range(PREFETCH):
         ring = ring + (_load_step(u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, p, length, seqlen, dim, groups, g, pid_b, d,
-                                  dmask, HAS_Z, REVERSE, DSTATE, PACK),)
+                                  dmask, n0, HAS_Z, REVERSE, DSTATE, NS, PACK),)
     for s in tl.range(0, length, loop_unroll_factor=PREFETCH):
         if s % CHUNK == 0:  # checkpoint of the state before step s (read by the backward)
-            ck = ckpt_ptr + ((pid_b * n_chunks + s // CHUNK) * dim + d) * DSTATE  # [BD]
-            for i in tl.static_range(DSTATE):
+            ck = ckpt_ptr + ((pid_b * n_chunks + s // CHUNK) * dim + d) * DSTATE + n0  # [BDL]
+            for i in tl.static_range(NS):
                 tl.store(ck + i, h[i], mask=dmask)
         # convert step s's loads first (its ring slot is then free), then issue the loads of step s + PREFETCH
         cur = ring[0]
@@ -305,37 +316,41 @@ def _fwd_rows_kernel(
         z = cur[2].to(tl.float32)  # [BD]
         B_row = ()
         C_row = ()
-        for i in tl.static_range(DSTATE):
+        for i in tl.static_range(NS):
             B_row = B_row + (_bc_value(cur[3], i, ELEM, PACK),)
             C_row = C_row + (_bc_value(cur[4], i, ELEM, PACK),)
         later = ()
         for p in tl.static_range(1, PREFETCH):
             later = later + (ring[p],)
         ring = later + (_load_step(u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, s + PREFETCH, length, seqlen, dim, groups,
-                                   g, pid_b, d, dmask, HAS_Z, REVERSE, DSTATE, PACK),)
+                                   g, pid_b, d, dmask, n0, HAS_Z, REVERSE, DSTATE, NS, PACK),)
         if HAS_BIAS:
             dt = dt + bias
         if SOFTPLUS:
             dt = tl.where(dt <= 20.0, _LN2 * _log2(1.0 + _exp2(tl.minimum(dt, 20.0) * _LOG2E, FAST), FAST), dt)
-        dtu = dt * u  # [BD]
-        y = tl.zeros([BLOCK_D], dtype=tl.float32)  # [BD]
+        dtu = dt * u  # [BDL]
+        y = tl.zeros([BLOCK_D * LANES], dtype=tl.float32)  # [BDL] this thread's share of sum_n C h
         h_next = ()
-        for i in tl.static_range(DSTATE):
-            h_i = _exp2(dt * A2[i], FAST) * h[i] + dtu * B_row[i]  # [BD]
+        for i in tl.static_range(NS):
+            h_i = _exp2(dt * A2[i], FAST) * h[i] + dtu * B_row[i]  # [BDL]
             y += h_i * C_row[i]
             h_next = h_next + (h_i,)
         h = h_next
         if HAS_D:
-            y += Dv * u
-        if HAS_Z:
+            y += tl.where(n0 == 0, Dv * u, 0.0)  # once per channel
+        if HAS_Z:  # the gate is the same on the LANES threads of a channel: apply it before their sum
             y = tl.fdiv(y * z, 1.0 + _exp2(-z * _LOG2E, FAST), ieee_rounding=not FAST)  # y silu(z) = y z / (1 + e^-z)
         if REVERSE:
             t = length - 1 - s
         else:
             t = s
-        tl.store(y_ptr + (pid_b * seqlen + t) * dim + d, y, mask=dmask)
-    fin = final_ptr + (pid_b * dim + d) * DSTATE  # [BD]
-    for i in tl.static_range(DSTATE):
+        if LANES == 1:
+            tl.store(y_ptr + (pid_b * seqlen + t) * dim + d, y, mask=dmask)
+        else:
+            y_c = tl.sum(tl.reshape(y, [BLOCK_D, LANES]), axis=1)  # [BD]
+            tl.store(y_ptr + (pid_b * seqlen + t) * dim + d_c, y_c, mask=dmask_c)
+    fin = final_ptr + (pid_b * dim + d) * DSTATE + n0  # [BDL]
+    for i in tl.static_range(NS):
         tl.store(fin + i, h[i], mask=dmask)
 
 
@@ -517,12 +532,13 @@ class _SelectiveScanFn(torch.autograd.Function):
                   _opt(lengths, u), y, final, ckpt)
         if _FWD_KIND == "rows" and dstate <= _ROWS_MAX_DSTATE:
             block_d = min(32 * _ROWS_NUM_WARPS, triton.next_power_of_2(geo["dim_per_group"]))
-            tiles = triton.cdiv(geo["dim_per_group"], block_d)
-            _fwd_rows_kernel[(batch, geo["groups"] * tiles)](
-                *inputs, seqlen, dim, geo["groups"], geo["dim_per_group"], tiles, geo["n_chunks"], **flags,
-                BLOCK_D=block_d, DSTATE=dstate, PREFETCH=_rows_prefetch(dstate), PACK=_packable(B, C, dstate),
-                ELEM=_ELEM_CODE[B.dtype], FAST=not triton_interpret(),
-                num_warps=max(1, block_d // 32),
+            lanes = _ROWS_LANES if dstate % _ROWS_LANES == 0 else 1
+            block_d = block_d // lanes if block_d >= 32 else block_d  # 32 * warps threads per program
+            _fwd_rows_kernel[(batch, geo["groups"] * triton.cdiv(geo["dim_per_group"], block_d))](
+                *inputs, seqlen, dim, geo["groups"], geo["dim_per_group"], triton.cdiv(geo["dim_per_group"], block_d),
+                geo["n_chunks"], **flags, BLOCK_D=block_d, DSTATE=dstate, LANES=lanes,
+                PREFETCH=_rows_prefetch(dstate // lanes), PACK=_packable(B, C, dstate // lanes),
+                ELEM=_ELEM_CODE[B.dtype], FAST=not triton_interpret(), num_warps=max(1, block_d * lanes // 32),
             )
         else:
             _fwd_kernel[(batch, geo["groups"] * geo["tiles_per_group"])](
