@@ -11,7 +11,7 @@ fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-timeout "${1:-200}" python3 -m pytest -q -p no:cacheprovider -n 12 tests/kernels/test_triton_cuda.py 2>&1 \
+timeout "${1:-300}" python3 -m pytest -q -p no:cacheprovider -n 12 tests/kernels/test_triton_cuda.py 2>&1 \
   | tee "$OUT/cuda_tests.log" | grep -v "^\.*\s*\[" | tail -40
 timeout "${2:-200}" python3 benchmarks/gpu_kernels.py --selective-backends ${SELECTIVE_BACKENDS:-triton torch} \
   --sections ${SECTIONS:-sel_variants selective lin_variants linear} --out "$OUT/kernels-gpu" > "$OUT/gpu_kernels.log" 2>&1
