@@ -147,6 +147,7 @@ SEL_FWD_VARIANTS = (  # module settings of selective_scan/triton.py for the forw
     dict(_FWD_KIND="rows", _ROWS_NUM_WARPS=2, _ROWS_PREFETCH=4, _ROWS_PACK=True),
     *(dict(_FWD_KIND="rows", _ROWS_LANES=lanes, _ROWS_PREFETCH=p) for lanes in (2, 4) for p in (4, 8)),
 )
+SEL_BWD_MAX_TILES = (0, 48, 24)  # _BWD_MAX_TILES of the backward (0: no cap, 192 tiles of 8 channels at D=1536)
 LINEAR_VARIANTS = (  # (steps per tile, channels per program, warps)
     (64, 32, 4), (64, 32, 2), (32, 32, 4), (128, 32, 4), (64, 16, 4))
 
@@ -167,6 +168,18 @@ def section_sel_variants():
             rows.append(dict(kernel="selective fwd", **cfg, ms=round(ms, 4), rel_err_vs_torch=err))
         except Exception as exc:
             rows.append(dict(kernel="selective fwd", **cfg, error=repr(exc)[:300]))
+        print(rows[-1], flush=True)
+    for max_tiles in SEL_BWD_MAX_TILES:  # backward tiles per group (dB / dC partial memory) against time
+        try:
+            with patched(sel, _BWD_MAX_TILES=max_tiles):
+                run = selective_runner("triton", dtype, "fwd+bwd")
+                torch.cuda.reset_peak_memory_stats()
+                ms = bench_ms(run)
+                peak_gb = torch.cuda.max_memory_allocated() / 1e9
+            rows.append(dict(kernel="selective fwd+bwd", _BWD_MAX_TILES=max_tiles, ms=round(ms, 4),
+                             peak_gb=round(peak_gb, 3)))
+        except Exception as exc:
+            rows.append(dict(kernel="selective fwd+bwd", _BWD_MAX_TILES=max_tiles, error=repr(exc)[:300]))
         print(rows[-1], flush=True)
     return rows
 

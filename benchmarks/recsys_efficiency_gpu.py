@@ -85,13 +85,14 @@ def markdown(result: dict) -> str:
     for r in rows:
         lines.append(f"| {r['max_len']} | {r['batch_size']} | {r['model']} | {r['train_ms_per_batch']} | "
                      f"{r['train_peak_mb']} | {r['infer_ms_per_batch']} |")
-    lines += ["", "| max_len | memory Mamba4Rec / SASRec | train time Mamba4Rec / SASRec |", "|---|---|---|"]
+    lines += ["", "| max_len | model | memory / SASRec | train time / SASRec |", "|---|---|---|---|"]
     for max_len in BATCH:
-        pair = {r["model"]: r for r in rows if r["max_len"] == max_len}
-        if len(pair) == 2:
-            m, s = pair["mamba4rec"], pair["sasrec"]
-            lines.append(f"| {max_len} | {m['train_peak_mb'] / s['train_peak_mb']:.2f} | "
-                         f"{m['train_ms_per_batch'] / s['train_ms_per_batch']:.2f} |")
+        by_model = {r["model"]: r for r in rows if r["max_len"] == max_len}
+        s = by_model.get("sasrec")
+        for name, m in by_model.items():
+            if s and name != "sasrec":
+                lines.append(f"| {max_len} | {name} | {m['train_peak_mb'] / s['train_peak_mb']:.2f} | "
+                             f"{m['train_ms_per_batch'] / s['train_ms_per_batch']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -101,6 +102,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--out", type=Path, default=None, help="output stem (<out>.json / <out>.md)")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--bwd-max-tiles", type=int, default=0,
+                        help="also run Mamba4Rec with the selective-scan backward capped at this many tiles per group")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("recsys_efficiency_gpu.py needs a CUDA GPU")
@@ -108,10 +111,20 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or HERE / "results" / f"recsys_efficiency-gpu-{dev}"
     result = dict(device=dev, date=time.strftime("%Y-%m-%d"), torch=torch.__version__,
                   command="python benchmarks/recsys_efficiency_gpu.py " + " ".join(argv or sys.argv[1:]), rows=[])
+    from ssmkit.kernels.selective_scan import triton as selective_triton
+
     for max_len in BATCH:
-        for name in ("mamba4rec", "sasrec"):
+        for name in ("mamba4rec", "sasrec") + (("mamba4rec-bwd-tiles",) if args.bwd_max_tiles else ()):
             try:
-                result["rows"].append(case(name, max_len, args.repeats))
+                if name == "mamba4rec-bwd-tiles":
+                    selective_triton._BWD_MAX_TILES = args.bwd_max_tiles
+                    try:
+                        result["rows"].append(dict(case("mamba4rec", max_len, args.repeats), model=name,
+                                                   bwd_max_tiles=args.bwd_max_tiles))
+                    finally:
+                        selective_triton._BWD_MAX_TILES = 0
+                else:
+                    result["rows"].append(case(name, max_len, args.repeats))
             except torch.cuda.OutOfMemoryError as err:
                 result["rows"].append(dict(model=name, max_len=max_len, batch_size=BATCH[max_len],
                                            error=f"out of memory: {str(err)[:200]}"))

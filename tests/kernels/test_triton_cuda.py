@@ -83,6 +83,16 @@ def test_selective_scan_rows_settings(setting, monkeypatch):
                             dtype=torch.bfloat16, seed=3, has_init=True, has_lengths=True, device="cuda")
 
 
+@pytest.mark.parametrize("dstate", (16, 32), ids=lambda n: f"N{n}")
+def test_selective_scan_backward_max_tiles(dstate, monkeypatch):
+    """The backward with at most 4 tiles per group (_BWD_MAX_TILES: wider tiles on more warps)."""
+    from ssmkit.kernels.selective_scan import triton as selective_triton
+
+    monkeypatch.setattr(selective_triton, "_BWD_MAX_TILES", 4)
+    check_selective_backend("triton", batch=2, seqlen=200, dim=256, dstate=dstate, groups=2, dtype=torch.bfloat16,
+                            seed=dstate, has_init=True, has_lengths=True, device="cuda")
+
+
 def test_selective_scan_misaligned_bc_rows():
     """B / C whose data does not start on an 8-byte boundary are read value by value (no packed words)."""
     from ssmkit.kernels.selective_scan import triton as selective_triton

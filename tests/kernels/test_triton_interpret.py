@@ -36,6 +36,8 @@ SELECTIVE_CASES = {
     "sel-L33-N4-G1-lanes4-bf16-f3": dict(seqlen=33, dstate=4, groups=1, flags=3, lanes=4, dtype=torch.bfloat16),
     "sel-L9-N16-G2-lanes2-bf16-f2": dict(seqlen=9, dstate=16, groups=2, flags=2, lanes=2, dtype=torch.bfloat16),
     "sel-L7-N4-G2-wide-lanes2-f1": dict(seqlen=7, dstate=4, groups=2, flags=1, dim=144, lanes=2),  # 5 tiles per group
+    # the backward with at most 2 tiles per group (_BWD_MAX_TILES): 64 channels x 4 states on 2 warps
+    "sel-L33-N4-G2-wide-bwdtiles2-f3": dict(seqlen=33, dstate=4, groups=2, flags=3, dim=144, bwd_max_tiles=2),
     # the [BLOCK_D, BLOCK_N] tile forward (used above _ROWS_MAX_DSTATE states), forced at small N
     "sel-L33-N4-G2-tile-f0": dict(seqlen=33, dstate=4, groups=2, flags=0, kind="tile"),
     "sel-L33-N4-G2-tile-bf16-f3": dict(seqlen=33, dstate=4, groups=2, flags=3, kind="tile", dtype=torch.bfloat16),
@@ -64,6 +66,7 @@ def _selective_case(case: dict) -> None:
     groups = case["groups"]
     selective_triton._FWD_KIND = case.get("kind", "rows")
     selective_triton._ROWS_LANES = case.get("lanes", 1)
+    selective_triton._BWD_MAX_TILES = case.get("bwd_max_tiles", 0)
     try:
         check_selective_backend("triton", reverse=reverse, batch=2, seqlen=case["seqlen"],
                                 dim=case.get("dim", 4 * groups), dstate=case["dstate"], groups=groups,
@@ -72,6 +75,7 @@ def _selective_case(case: dict) -> None:
     finally:
         selective_triton._FWD_KIND = "rows"
         selective_triton._ROWS_LANES = 1
+        selective_triton._BWD_MAX_TILES = 0
 
 
 def _linear_case(case: dict) -> None:

@@ -25,6 +25,9 @@ backward; ``reverse`` and ``lengths`` are index arithmetic everywhere (step ``s`
   written as per-tile float32 partials ``[B, L, G, tiles_per_group, N]``; dA, dD and d(delta_bias) as per-batch
   partials ``[B, D, N]`` / ``[B, D]``. The partials are reduced afterwards with torch: deterministic, no atomics.
   The backward runs one step per iteration (UNROLL = 1: at 150-200 registers it has no room for more).
+  The partials take B L G T N floats each: at N = 32 and D = 128 (Mamba4Rec) 4-channel tiles make that 2 bytes per
+  state value and token, 3.2 GiB of a 7.0 GiB training step at batch 2048 x 200. ``_BWD_MAX_TILES`` caps T with wider
+  tiles on proportionally more warps (tested; its speed is not yet measured on a GPU, so the default is no cap).
 * Math is float32 whatever the I/O dtype (fp32 / bf16 / fp16). Softplus uses threshold 20, as the spec. On a GPU
   the rows kernel uses the approximate ``ex2`` / ``lg2`` instructions (``FAST``); the interpreter uses tl.exp2 /
   tl.log2.
@@ -71,6 +74,7 @@ _ROWS_MAX_DSTATE = 32
 _ROWS_NUM_WARPS = 1  # BLOCK_D = 32 * warps channels per program
 _ROWS_PREFETCH = 4  # steps loaded ahead of the one being computed (1 above 16 states: registers)
 _ROWS_PACK = True  # load B_t / C_t rows as 8-byte words (when N and the pointers allow it)
+_BWD_MAX_TILES = 0  # > 0: at most this many backward tiles per group (less partial memory; not yet measured)
 _ROWS_LANES = 1  # threads per channel, each with N / LANES of its states (2 or 4: more warps; not yet measured)
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -499,6 +503,16 @@ def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, tile_values: in
 _ELEM_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
+def _bwd_tile_values(dim_per_group: int, dstate: int) -> int:
+    """State values per backward program: ``_TILE_VALUES_BWD``, or more (with as many more warps) when
+    ``_BWD_MAX_TILES`` caps the tiles per group, which bounds the dB / dC partials at B L G max_tiles N floats each."""
+    values = _TILE_VALUES_BWD
+    if _BWD_MAX_TILES:
+        block_d = triton.next_power_of_2(triton.cdiv(dim_per_group, _BWD_MAX_TILES))
+        values = max(values, min(block_d * triton.next_power_of_2(dstate), 128 * triton.next_power_of_2(dstate)))
+    return values
+
+
 def _rows_prefetch(dstate: int) -> int:
     """Steps in flight for the rows forward: the ring costs about 3 + N / 2 registers per step (bf16, packed)."""
     return _ROWS_PREFETCH if dstate <= 16 else 1
@@ -554,7 +568,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt = ctx.saved_tensors
         delta_softplus, reverse = ctx.flags
-        geo = _geometry(u, A, B, _TILE_VALUES_BWD)
+        tile_values = _bwd_tile_values(u.shape[2] // B.shape[2], A.shape[1])
+        geo = _geometry(u, A, B, tile_values)
         batch, seqlen, dim, dstate = geo["batch"], geo["seqlen"], geo["dim"], geo["dstate"]
         groups, tiles = geo["groups"], geo["tiles_per_group"]
         dev, f32 = u.device, torch.float32
@@ -579,7 +594,7 @@ class _SelectiveScanFn(torch.autograd.Function):
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             HAS_DFINAL=dfinal is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
             CHUNK=geo["chunk"], BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], UNROLL=_UNROLL_BWD,
-            num_warps=_NUM_WARPS_BWD, num_stages=_NUM_STAGES_BWD,
+            num_warps=_NUM_WARPS_BWD * tile_values // _TILE_VALUES_BWD, num_stages=_NUM_STAGES_BWD,
         )
         dB = dB_part.sum(3).to(B.dtype)  # [B, L, G, N]
         dC = dC_part.sum(3).to(C.dtype)  # [B, L, G, N]
