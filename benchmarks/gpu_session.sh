@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One device-machine call: the Triton kernels' CUDA tests, then the GPU kernel targets; logs and results in $OUT.
-# Usage (repository root, on the GPU machine): OUT=<folder> [SECTIONS=...] bash benchmarks/gpu_session.sh [TESTS_S] [BENCH_S] [GRID_S]
+# Usage (repository root, on the GPU machine): OUT=<folder> [SECTIONS=...] bash benchmarks/gpu_session.sh [TESTS_S] [BENCH_S] [GRID_S] [RECSYS_S]
 set -u
 export PYTHONUNBUFFERED=1 OUT="${OUT:-/tmp/ssmkit-gpu}"
 mkdir -p "$OUT"
@@ -21,3 +21,11 @@ if [ "${3:-0}" != 0 ]; then
     > "$OUT/kernels_grid.log" 2>&1
   tail -45 "$OUT/kernels_grid.log"
 fi
+if [ "${4:-0}" != 0 ]; then  # Mamba4Rec vs SASRec on the GPU, with the backward capped at 4 tiles per group as well
+  timeout "$4" python3 benchmarks/recsys_efficiency_gpu.py --bwd-max-tiles 4 --out "$OUT/recsys-gpu" \
+    > "$OUT/recsys.log" 2>&1
+  tail -25 "$OUT/recsys.log"
+fi
+# at most 8 files come back from the device machine: one log besides the tests' and the results
+cat "$OUT"/gpu_kernels.log "$OUT"/kernels_grid.log "$OUT"/recsys.log > "$OUT/logs.txt" 2>/dev/null
+rm -f "$OUT"/gpu_kernels.log "$OUT"/kernels_grid.log "$OUT"/recsys.log
