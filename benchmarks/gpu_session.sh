@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One device-machine call: the Triton kernels' CUDA tests, then the GPU kernel targets; logs and results in $OUT.
-# Usage (repository root, on the GPU machine): OUT=<folder> [SECTIONS=...] bash benchmarks/gpu_session.sh [TESTS_S] [BENCH_S] [GRID_S] [RECSYS_S]
+# Usage (repository root, on the GPU machine):
+#   OUT=<folder> [SECTIONS=...] bash benchmarks/gpu_session.sh [TESTS_S] [BENCH_S] [GRID_S] [RECSYS_S]
+# (time limits in seconds; GRID_S / RECSYS_S = 0 skip the grid of benchmarks/kernels.py / the recsys step)
 set -u
 export PYTHONUNBUFFERED=1 OUT="${OUT:-/tmp/ssmkit-gpu}"
 mkdir -p "$OUT"
