@@ -9,8 +9,11 @@ Sections (each one's rows are printed as they come and written to ``<out>.json``
 * ``linear``: ``linear_scan`` at B=8, D=1536, L from 4K to 64K, bf16 and fp32: forward and forward+backward against
   the copy bandwidth (target >= 70 %, no cliff), and flash-linear-attention's ``chunk_hgrn`` on the same problem
   (``h_t = exp(g_t) h_{t-1} + x_t`` with g = log a) when ``fla`` is importable.
-* ``variants``: block shapes / warps of the Triton kernels (module constants), each checked against the default
-  configuration's output and timed, to choose the defaults from measurements.
+* ``sel_variants``: settings of the selective-scan forward (module constants of ``selective_scan/triton.py``: tile
+  or rows kernel, prefetch depth, packed B/C, warps, lanes per channel), each checked against the torch backend and
+  timed, then the backward's tile cap (``_BWD_MAX_TILES``) against forward+backward time and peak memory.
+* ``lin_variants``: tile shapes / warps of the linear scan, checked against the default output and timed.
+  The variant sections choose the defaults from measurements.
 
 Times are medians of ``triton.testing.do_bench`` (CUDA events, warm-up first). Usage on a GPU machine::
 

@@ -7,11 +7,11 @@ backward; ``reverse`` and ``lengths`` are index arithmetic everywhere (step ``s`
 * Forward, "rows" kernel (``_fwd_rows_kernel``, used up to ``_ROWS_MAX_DSTATE`` = 32 states): one channel per
   thread, 32 channels per one-warp program, grid ``(batch, G * tiles_per_group)``. A thread keeps its channel's N
   states as N float32 registers (a tuple of ``[BLOCK_D]`` vectors, unrolled over N), so the sum over N for y and
-  the broadcast of B_t / C_t need no shuffles and no shared memory: per state and step it is one multiply
-  (``dt * A log2 e``), one ``ex2.approx``, two FMAs. B_t / C_t rows are read as whole 8-byte words when the rows
-  allow it (``_packable``). The loads of the next ``PREFETCH`` steps are issued before the current step computes
-  (a ring of loaded values carried by the loop, unrolled ``PREFETCH`` times): the kernel is latency-bound and this
-  is what pays. Every ``CHUNK = 32`` steps it stores a float32 checkpoint of the state,
+  the broadcast of B_t / C_t need no shuffles and no shared memory: per state and step it is two multiplies
+  (``dt * A log2 e``, ``dt u * B_t``), one ``ex2.approx`` and two FMAs. B_t / C_t rows are read as whole 8-byte
+  words when the rows allow it (``_packable``). The loads of the next ``PREFETCH`` steps are issued before the
+  current step computes (a ring of loaded values carried by the loop, unrolled ``PREFETCH`` times): the kernel is
+  latency-bound and this is what pays. Every ``CHUNK = 32`` steps it stores a float32 checkpoint of the state,
   ``ckpt [B, ceil(L / CHUNK), D, N]``, and at the end the final state. ``_ROWS_LANES`` = 2 or 4 splits a channel's
   states over that many threads (more warps for the same work, y summed over them by a shuffle); it is tested
   (interpreter) but not yet measured on a GPU, so the default is 1.
@@ -548,9 +548,10 @@ class _SelectiveScanFn(torch.autograd.Function):
             block_d = min(32 * _ROWS_NUM_WARPS, triton.next_power_of_2(geo["dim_per_group"]))
             lanes = _ROWS_LANES if dstate % _ROWS_LANES == 0 else 1
             block_d = block_d // lanes if block_d >= 32 else block_d  # 32 * warps threads per program
-            _fwd_rows_kernel[(batch, geo["groups"] * triton.cdiv(geo["dim_per_group"], block_d))](
-                *inputs, seqlen, dim, geo["groups"], geo["dim_per_group"], triton.cdiv(geo["dim_per_group"], block_d),
-                geo["n_chunks"], **flags, BLOCK_D=block_d, DSTATE=dstate, LANES=lanes,
+            tiles = triton.cdiv(geo["dim_per_group"], block_d)
+            _fwd_rows_kernel[(batch, geo["groups"] * tiles)](
+                *inputs, seqlen, dim, geo["groups"], geo["dim_per_group"], tiles, geo["n_chunks"], **flags,
+                BLOCK_D=block_d, DSTATE=dstate, LANES=lanes,
                 PREFETCH=_rows_prefetch(dstate // lanes), PACK=_packable(B, C, dstate // lanes),
                 ELEM=_ELEM_CODE[B.dtype], FAST=not triton_interpret(), num_warps=max(1, block_d * lanes // 32),
             )
