@@ -79,6 +79,7 @@ def case(name: str, max_len: int, repeats: int) -> dict:
 def markdown(result: dict) -> str:
     lines = [f"# Mamba4Rec vs SASRec efficiency on {result['device']} ({result['date']}, torch {result['torch']})",
              "", f"Command: `{result['command']}`", "",
+             f"selective_scan Triton settings: {json.dumps(result.get('triton_settings', {}))} (others: defaults)", "",
              "| max_len | batch | model | train ms / batch | train peak MB | infer ms / batch |",
              "|---|---|---|---|---|---|"]
     rows = result["rows"]
@@ -104,6 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--bwd-max-tiles", type=int, default=0,
                         help="also run Mamba4Rec with the selective-scan backward capped at this many tiles per group")
+    parser.add_argument("--max-lens", type=int, nargs="+", default=list(BATCH), choices=list(BATCH),
+                        help="max_len values, in this order")
+    parser.add_argument("--triton-settings", type=json.loads, default={},
+                        help='selective_scan/triton.py settings (JSON) for the whole run, e.g. {"_ROWS_LANES": 2}')
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("recsys_efficiency_gpu.py needs a CUDA GPU")
@@ -113,16 +118,21 @@ def main(argv: list[str] | None = None) -> None:
                   command="python benchmarks/recsys_efficiency_gpu.py " + " ".join(argv or sys.argv[1:]), rows=[])
     from ssmkit.kernels.selective_scan import triton as selective_triton
 
-    for max_len in BATCH:
+    for name, value in args.triton_settings.items():
+        if not hasattr(selective_triton, name):
+            raise SystemExit(f"--triton-settings: selective_scan.triton has no setting {name!r}")
+        setattr(selective_triton, name, value)
+    result["triton_settings"] = args.triton_settings
+    for max_len in args.max_lens:
         for name in ("mamba4rec", "sasrec") + (("mamba4rec-bwd-tiles",) if args.bwd_max_tiles else ()):
             try:
                 if name == "mamba4rec-bwd-tiles":
-                    selective_triton._BWD_MAX_TILES = args.bwd_max_tiles
+                    default_cap, selective_triton._BWD_MAX_TILES = selective_triton._BWD_MAX_TILES, args.bwd_max_tiles
                     try:
                         result["rows"].append(dict(case("mamba4rec", max_len, args.repeats), model=name,
                                                    bwd_max_tiles=args.bwd_max_tiles))
                     finally:
-                        selective_triton._BWD_MAX_TILES = 0
+                        selective_triton._BWD_MAX_TILES = default_cap
                 else:
                     result["rows"].append(case(name, max_len, args.repeats))
             except torch.cuda.OutOfMemoryError as err:

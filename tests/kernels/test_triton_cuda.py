@@ -4,10 +4,15 @@ The same checks as the interpreter tests (outputs, final states, every gradient,
 whole grid of the issue: L in {1, 7, 64, 129, 1000}, N in {1, 4, 16}, G in {1, 2}, four flag sets that turn each
 option on and off (D, z, delta_bias, softplus, initial_state, reverse, lengths), float32 everywhere and bfloat16 on a
 slice. Run on a GPU machine with ``pytest tests/kernels/test_triton_cuda.py -n 8`` (pytest-xdist spreads the Triton
-compiles over processes).
+compiles over processes). ``SSMKIT_TRITON_SETTINGS`` (JSON of module constants of
+``ssmkit/kernels/selective_scan/triton.py``, e.g. ``{"_ROWS_LANES": 2}``) runs every test with those settings
+instead of the defaults; ``benchmarks/gpu_session.sh`` uses it to test the fastest forward it measured.
 """
 
 from __future__ import annotations
+
+import json
+import os
 
 import pytest
 import torch
@@ -25,6 +30,18 @@ from tests.kernels.scan_testing import (
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 SEQLENS = (1, 7, 64, 129, 1000)
+SETTINGS = json.loads(os.environ.get("SSMKIT_TRITON_SETTINGS") or "{}")  # module constants -> values, for every test
+
+
+@pytest.fixture(autouse=True)
+def triton_settings(monkeypatch):
+    """Apply SSMKIT_TRITON_SETTINGS (a test's own monkeypatch comes after, so it still wins)."""
+    from ssmkit.kernels.selective_scan import triton as selective_triton
+
+    for name, value in SETTINGS.items():
+        if not hasattr(selective_triton, name):
+            raise ValueError(f"SSMKIT_TRITON_SETTINGS: selective_scan.triton has no setting {name!r}")
+        monkeypatch.setattr(selective_triton, name, value)
 
 
 @pytest.mark.parametrize("flags", range(4), ids=lambda i: f"flags{i}")
@@ -71,7 +88,9 @@ def test_selective_scan_many_states(dstate, dtype):
 
 @pytest.mark.parametrize("setting", ({"_ROWS_PREFETCH": 1}, {"_ROWS_PREFETCH": 3}, {"_ROWS_PREFETCH": 8},
                                      {"_ROWS_PACK": False}, {"_ROWS_NUM_WARPS": 4}, {"_ROWS_LANES": 2},
-                                     {"_ROWS_LANES": 4, "_ROWS_PREFETCH": 8}),
+                                     {"_ROWS_LANES": 4, "_ROWS_PREFETCH": 8},
+                                     {"_ROWS_LANES": 2, "_ROWS_PREFETCH": 12}, {"_ROWS_LANES": 4, "_ROWS_PREFETCH": 12},
+                                     {"_ROWS_LANES": 2, "_ROWS_NUM_WARPS": 2, "_ROWS_PREFETCH": 8}),
                          ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()))
 def test_selective_scan_rows_settings(setting, monkeypatch):
     """Every setting of the rows forward that the benchmark sweeps gives the reference result."""
