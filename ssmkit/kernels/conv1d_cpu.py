@@ -155,35 +155,62 @@ def _reduce_rows(dtaps_rows, dbias_rows, dtaps, dbias):
             dbias[d] += dbias_rows[b, d]
 
 
+def conv_taps(weight: torch.Tensor) -> np.ndarray:
+    """The taps of a depthwise weight [D, 1, W] or [D, W] as a float32 array [W, D] (a copy)."""
+    return to_f32(weight.detach().reshape(weight.shape[0], -1).t().contiguous())
+
+
+def conv_forward_np(x: np.ndarray, taps: np.ndarray, bias: np.ndarray, lengths: np.ndarray, reverse: bool,
+                    silu: bool) -> np.ndarray:
+    """The forward kernel on float32 arrays: x [B, L, D], taps [W, D], bias [D], lengths int64 [B] -> y [B, L, D]."""
+    y = np.empty(x.shape, dtype=np.float32)
+    _forward(x, taps, bias, lengths, EXP2_CONSTS, reverse, silu, tile_width(x.shape[2], MAX_TILE), y)
+    return y
+
+
+def conv_backward_np(x: np.ndarray, taps: np.ndarray, bias: np.ndarray, lengths: np.ndarray, reverse: bool,
+                     silu: bool, gy: np.ndarray, dx: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray,
+                                                                                           np.ndarray]:
+    """The backward kernel on float32 arrays (as ``conv_forward_np``, gy [B, L, D] the gradient of y).
+
+    ``dx`` is an output buffer [B, L, D] or None (a new array); it may be ``gy`` itself: each task reads its rows of
+    gy into a local buffer before it writes them.
+
+    Returns:
+        (dx [B, L, D], dtaps [W, D], dbias [D]).
+    """
+    batch, _, dim = x.shape
+    width = taps.shape[0]
+    f32 = np.float32
+    dx = np.empty(x.shape, dtype=f32) if dx is None else dx
+    dtaps, dbias = np.empty((width, dim), dtype=f32), np.empty(dim, dtype=f32)
+    _backward(x, taps, bias, lengths, EXP2_CONSTS, reverse, silu, tile_width(dim, MAX_TILE), gy, dx,
+              np.empty((batch, width, dim), dtype=f32), np.empty((batch, dim), dtype=f32), dtaps, dbias)
+    return dx, dtaps, dbias
+
+
 class _DepthwiseConv1dCPU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, lengths, reverse, silu):
         match_torch_threads()
         batch, seqlen, dim = x.shape
-        taps = weight.detach().reshape(dim, -1).t().contiguous()  # [W, D]
         bias_np = to_f32(bias) if bias is not None else np.zeros(dim, dtype=np.float32)
         lengths_np = (np.full(batch, seqlen, dtype=np.int64) if lengths is None
                       else lengths.detach().to(torch.int64).contiguous().numpy())
-        tile = tile_width(dim, MAX_TILE)
-        x_np = to_f32(x)
-        y = np.empty((batch, seqlen, dim), dtype=np.float32)
-        _forward(x_np, to_f32(taps), bias_np, lengths_np, EXP2_CONSTS, reverse, silu, tile, y)
+        taps = conv_taps(weight)
+        y = conv_forward_np(to_f32(x), taps, bias_np, lengths_np, reverse, silu)
         ctx.save_for_backward(x, weight, bias)
-        ctx.kernel_state = (x_np, taps, bias_np, lengths_np, reverse, silu, tile)
+        # x is converted again in the backward: a strided x (a half of in_proj's output) would otherwise keep a
+        # contiguous copy alive from the forward to the backward
+        ctx.kernel_state = (taps, bias_np, lengths_np, reverse, silu)
         return torch.from_numpy(y)
 
     @staticmethod
     def backward(ctx, gy):
         match_torch_threads()
         x, weight, bias = ctx.saved_tensors
-        x_np, taps, bias_np, lengths_np, reverse, silu, tile = ctx.kernel_state
-        batch, seqlen, dim = x.shape
-        width = taps.shape[0]
-        f32 = np.float32
-        dx = np.empty((batch, seqlen, dim), dtype=f32)
-        dtaps, dbias = np.empty((width, dim), dtype=f32), np.empty(dim, dtype=f32)
-        _backward(x_np, to_f32(taps), bias_np, lengths_np, EXP2_CONSTS, reverse, silu, tile, to_f32(gy), dx,
-                  np.empty((batch, width, dim), dtype=f32), np.empty((batch, dim), dtype=f32), dtaps, dbias)
+        taps, bias_np, lengths_np, reverse, silu = ctx.kernel_state
+        dx, dtaps, dbias = conv_backward_np(to_f32(x), taps, bias_np, lengths_np, reverse, silu, to_f32(gy))
         dweight = torch.from_numpy(dtaps).t().reshape(weight.shape).to(weight.dtype)  # [D, 1, W] or [D, W]
         return (torch.from_numpy(dx), dweight, torch.from_numpy(dbias) if bias is not None else None,
                 None, None, None)

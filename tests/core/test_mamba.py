@@ -348,3 +348,36 @@ def test_reverse_mixer_equals_flip_run_flip():
     assert torch.all(out[1, 5:] == 0)
     with pytest.raises(ValueError, match="reverse .* cannot decode"):
         reverse_mixer(x[:, :1], cache=reverse_mixer.allocate_cache(2))
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_fused_cpu_path_equals_composed_path(monkeypatch, reverse, with_lengths):
+    """Float32 CPU training runs ``kernels.mamba_inner_cpu`` (less memory for the backward); the output equals the
+    composed path (in_proj, conv, x_proj, dt_proj, scan, out_proj) bit for bit, the gradients up to rounding."""
+    torch.manual_seed(0)
+    mixer = Mamba(16, d_state=4, bias=True, reverse=reverse, backend="cpu")
+    x = torch.randn(3, 13, 16, requires_grad=True)
+    lengths = torch.tensor([13, 7, 2]) if with_lengths else None
+    gout = torch.randn(3, 13, 16)
+    assert mixer._fused_cpu(x)
+
+    def run():
+        out = mixer(x, lengths=lengths)
+        return out, torch.autograd.grad(out, [x, *mixer.parameters()], gout)
+
+    fused, fused_grads = run()
+    monkeypatch.setattr(Mamba, "_fused_cpu", lambda self, x: False)
+    composed, composed_grads = run()
+    assert torch.equal(fused, composed)
+    for got, ref in zip(fused_grads, composed_grads):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_cpu_path_only_serves_float32_cpu_scan_backend():
+    mixer = Mamba(8, d_state=4, backend="cpu")
+    x = torch.randn(1, 3, 8)
+    assert mixer._fused_cpu(x)
+    assert not Mamba(8, d_state=4, backend="torch")._fused_cpu(x)
+    assert not mixer._fused_cpu(x.double())
+    assert not mixer.double()._fused_cpu(x.double())

@@ -28,6 +28,8 @@ from ssmkit.core.cache import MambaCache
 from ssmkit.core.conv import anticausal_conv1d, causal_conv1d, causal_conv1d_step, valid_mask
 from ssmkit.core.narrow_linear import narrow_linear
 from ssmkit.kernels import BACKENDS, selective_scan, selective_state_update
+from ssmkit.kernels._backend import resolve_backend
+from ssmkit.kernels._validate import check_lengths
 
 __all__ = [
     "Mamba", "check_mamba_args", "check_mixer_input", "depthwise_conv", "init_dt_proj_", "ones_skip", "s4d_real_a_log",
@@ -272,6 +274,15 @@ class Mamba(nn.Module):
             cache.check("Mamba", batch, self.d_inner, self.d_conv, self.d_state, x.device)
             if seqlen == 1:
                 return self._step(x, cache)
+        if cache is None and self._fused_cpu(x):
+            from ssmkit.kernels.mamba_inner_cpu import mamba_inner_cpu  # numba loads on first use
+
+            out = mamba_inner_cpu(x, self.in_proj.weight, self.in_proj.bias, self.conv1d.weight, self.conv1d.bias,
+                                  self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, -torch.exp(self.A_log),
+                                  self.D, self.out_proj.weight, self.out_proj.bias,
+                                  check_lengths(lengths, batch, seqlen, x.device, "Mamba"),
+                                  self.reverse)  # [B, L, d_model]
+            return out if mask is None else out.masked_fill(~mask[:, :, None], 0.0)
         u, z = self.in_proj(x).chunk(2, dim=-1)  # [B, L, E] each
         if cache is None:
             conv = anticausal_conv1d if self.reverse else causal_conv1d
@@ -291,6 +302,17 @@ class Mamba(nn.Module):
         if mask is not None:
             out = out.masked_fill(~mask[:, :, None], 0.0)
         return out
+
+    def _fused_cpu(self, x: torch.Tensor) -> bool:
+        """Whether ``ssmkit.kernels.mamba_inner_cpu`` serves this call: the ``cpu`` scan backend on float32 CPU
+        tensors (input and every parameter), outside autocast. It computes the same function as the composed path
+        (outputs bit for bit in the tests, gradients up to rounding) and keeps about a third of its memory for the
+        backward, as mamba_ssm's ``mamba_inner_fn`` does on CUDA."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return False
+        if any(p.dtype != torch.float32 for p in self.parameters()):
+            return False
+        return resolve_backend("selective_scan", self.backend, x.device) == "cpu"
 
     def _step(self, x: torch.Tensor, cache: MambaCache) -> torch.Tensor:
         """One recurrent step on x [B, 1, d_model]; the cache is updated in place. Returns [B, 1, d_model]."""

@@ -7,16 +7,20 @@ multiplied by log2 e, into a local [N, TD] array), and loops over channels inner
 layout), so each step is a few SIMD instructions per state row. softplus, the silu(z) gate and their derivatives run
 per (t, d) inside the same kernels.
 
-Memory for backward: the forward saves the state every K steps (``checkpoints`` [B, ceil(L / K), N, D]) and writes
-dt and the pre-gate output p [B, L, D] (no N axis). The backward walks the chunks from last to first, recomputes the
-K states of a chunk into a local buffer [K + 1, N, TD] (and the K decays exp(dt A), reused by the reverse walk), then
-walks that chunk in reverse with the state adjoint. Gradients that sum over channels (dB, dC) are written per tile
-into partial buffers [B, L, D / TD, N]; those that sum over batch rows (dA, dD, ddelta_bias) into per-row buffers;
-both are reduced after the parallel loop by serial numba loops in a fixed order (skipped where there is a single
-part), so the results do not depend on the thread count. The initial / final states and d initial_state are read
-and written in their [B, D, N] layout by the tasks themselves (N * TD strided values per task, once), so the
-wrapper runs no torch transposes or reductions: small problems (B=32, L=16, D=64) pay little besides the two
-kernel calls. See ``ssmkit/kernels/README.md`` for the math and the measurements.
+Memory for backward: the forward saves the state every K steps after the first chunk (``checkpoints``
+[B, ceil(L / K) - 1, N, D]; the first chunk starts from the initial state) and the pre-gate output p [B, L, D]
+(no N axis). The backward walks the chunks from last to first, recomputes the step sizes dt = softplus(delta +
+bias), the K states of a chunk into a local buffer [K + 1, N, TD] (and the K decays exp(dt A), reused by the
+reverse walk), then walks that chunk in reverse with the state adjoint. Like mamba_ssm's ``selective_scan_bwd`` it
+keeps no dt [B, L, D] from the forward. Its [B, L, D] outputs du, ddelta and dz may share memory with its inputs u,
+delta and gy (each element is read before it is overwritten), which ``ssmkit.kernels.mamba_inner_cpu`` uses to keep
+fewer buffers. Gradients that sum over channels (dB, dC) are written per tile into partial buffers
+[B, L, D / TD, N]; those that sum over batch rows (dA, dD, ddelta_bias) into per-row buffers; both are reduced after
+the parallel loop by serial numba loops in a fixed order (skipped where there is a single part), so the results do
+not depend on the thread count. The initial / final states and d initial_state are read and written in their
+[B, D, N] layout by the tasks themselves (N * TD strided values per task, once), so the wrapper runs no torch
+transposes or reductions: small problems (B=32, L=16, D=64) pay little besides the two kernel calls. See
+``ssmkit/kernels/README.md`` for the math and the measurements.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 
 from .._numba_utils import (
+    _HELPER_OPTIONS,
     EXP2_CONSTS,
     JIT_OPTIONS,
     LOG2E,
@@ -59,15 +64,15 @@ _REDUCE_OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
 
 @numba.njit(**JIT_OPTIONS)
 def _forward(u, delta, bias, A, Bm, Cm, Dv, z, h0, lengths, expc, has_z, has_h0, softplus_on, reverse, tile, chunk,
-             y, p, dt_out, final, checkpoints):
-    """Fused forward over all (batch, channel-tile) tasks; fills y, p, dt_out, finalT and checkpoints in place.
+             y, p, final, checkpoints):
+    """Fused forward over all (batch, channel-tile) tasks; fills y, p, final and checkpoints in place.
 
     Args (float32 unless said): u, delta, z [B, L, D] (z [1, 1, 1] when has_z is False); bias [D]; A [D, N];
     Bm, Cm [B, L, G, N]; Dv [D]; h0 [B, D, N] (the initial state; [1, 1, 1] when has_h0 is False: zeros);
     lengths int64 [B]; expc = EXP2_CONSTS; flags are runtime booleans; tile, chunk int.
-    Outputs: y [B, L, D]; p [B, L, D] the output before the gate (written only when has_z); dt_out [B, L, D] the
-    step sizes (saved for the backward); positions >= length are left as the caller filled them. final [B, D, N],
-    checkpoints [B, ceil(L / chunk), N, D].
+    Outputs: y [B, L, D]; p [B, L, D] the output before the gate (written only when has_z); positions >= length are
+    left as the caller filled them. final [B, D, N], checkpoints [B, ceil(L / chunk) - 1, N, D] (the state before
+    step s for s = chunk, 2 chunk, ...).
     """
     batch, _, dim = u.shape
     dstate = A.shape[1]
@@ -99,8 +104,8 @@ def _forward(u, delta, bias, A, Bm, Cm, Dv, z, h0, lengths, expc, has_z, has_h0,
         for s in range(length):
             t = length - 1 - s if reverse else s
             ut = np.uint64(t)
-            if s % chunk == 0:
-                c = s // chunk
+            if s % chunk == 0 and s > 0:
+                c = s // chunk - 1
                 for n in range(dstate):
                     ck_row = checkpoints[b, c, n, d0:d1]
                     for j in range(tile):
@@ -111,8 +116,6 @@ def _forward(u, delta, bias, A, Bm, Cm, Dv, z, h0, lengths, expc, has_z, has_h0,
             if softplus_on:
                 for j in range(utile):
                     dtl[j] = softplus(dtl[j], ek)
-            for j in range(utile):
-                dt_out[ub, ut, ud0 + j] = dtl[j]
             for j in range(utile):
                 uj = u[ub, ut, ud0 + j]
                 dtu[j] = dtl[j] * uj
@@ -139,17 +142,17 @@ def _forward(u, delta, bias, A, Bm, Cm, Dv, z, h0, lengths, expc, has_z, has_h0,
 
 
 @numba.njit(**JIT_OPTIONS)
-def _backward(u, delta, bias, dt, A, Bm, Cm, Dv, z, p, lengths, expc, has_z, has_gfinal, softplus_on, reverse, tile,
-              chunk, checkpoints, gy, gfinal, du, ddelta, dz, dA_rows, dB_tiles, dC_tiles, dD_rows, dbias_rows, dh0,
-              dA, dD, dbias, dB, dC):
+def _backward(u, delta, bias, A, Bm, Cm, Dv, z, h0, p, lengths, expc, has_z, has_h0, has_gfinal, softplus_on,
+              reverse, tile, chunk, checkpoints, gy, gfinal, du, ddelta, dz, dA_rows, dB_tiles, dC_tiles, dD_rows,
+              dbias_rows, dh0, dA, dD, dbias, dB, dC):
     """Fused backward with chunked recomputation; fills the gradient buffers in place.
 
-    Args: the forward inputs and flags, dt and p (p = y without z) from the forward, checkpoints, gy [B, L, D],
-    gfinal [B, D, N] ([1, 1, 1] when has_gfinal is False: zeros). Outputs: du, ddelta, dz [B, L, D] (zero-filled by
-    the caller where some positions are >= length); dh0 [B, D, N]; per-task partial sums dA_rows [B, N, D],
-    dD_rows, dbias_rows [B, D] and dB_tiles, dC_tiles [B, L, D / tile, N] (same zero rule), reduced after the
-    parallel loop, in a fixed order, into dA [D, N], dD, dbias [D] and (when there are more tiles than groups)
-    dB, dC [B, L, G, N].
+    Args: the forward inputs and flags, p (p = y without z) and checkpoints from the forward, gy [B, L, D], gfinal
+    [B, D, N] ([1, 1, 1] when has_gfinal is False: zeros). Outputs: du, ddelta, dz [B, L, D] (0 at positions >=
+    length); dh0 [B, D, N]; per-task partial sums dA_rows [B, N, D], dD_rows, dbias_rows [B, D] and dB_tiles,
+    dC_tiles [B, L, D / tile, N] (0 at positions >= length), reduced after the parallel loop, in a fixed order,
+    into dA [D, N], dD, dbias [D] and (when there are more tiles than groups) dB, dC [B, L, G, N]. du may be u,
+    ddelta may be delta and dz may be gy (the same array): every element is read before it is written.
     """
     batch, seqlen, dim = u.shape
     dstate = A.shape[1]
@@ -190,15 +193,23 @@ def _backward(u, delta, bias, dt, A, Bm, Cm, Dv, z, p, lengths, expc, has_z, has
         for c in range(nchunks - 1, -1, -1):
             s0 = c * chunk
             count = min(chunk, length - s0)
-            for n in range(dstate):
-                ck_row = checkpoints[b, c, n, d0:d1]
+            if c > 0:
+                for n in range(dstate):
+                    ck_row = checkpoints[b, c - 1, n, d0:d1]
+                    for j in range(tile):
+                        hbuf[0, n, j] = ck_row[j]
+            else:  # the first chunk starts from the initial state
                 for j in range(tile):
-                    hbuf[0, n, j] = ck_row[j]
-            for k in range(count):  # recompute the chunk's states and decays
+                    for n in range(dstate):
+                        hbuf[0, n, j] = h0[b, d0 + j, n] if has_h0 else _ZERO
+            for k in range(count):  # recompute the chunk's step sizes, states and decays
                 t = length - 1 - (s0 + k) if reverse else s0 + k
                 ut = np.uint64(t)
                 for j in range(utile):
-                    dtbuf[k, j] = dt[ub, ut, ud0 + j]
+                    dtbuf[k, j] = delta[ub, ut, ud0 + j] + bias_t[j]
+                if softplus_on:
+                    for j in range(utile):
+                        dtbuf[k, j] = softplus(dtbuf[k, j], ek)
                 for j in range(utile):
                     dtu[j] = dtbuf[k, j] * u[ub, ut, ud0 + j]
                 for n in range(dstate):
@@ -213,12 +224,14 @@ def _backward(u, delta, bias, dt, A, Bm, Cm, Dv, z, p, lengths, expc, has_z, has
                 if has_z:
                     for j in range(utile):
                         w[j] = sigmoid(z[ub, ut, ud0 + j], ek)  # scratch
-                    for j in range(utile):
+                    for j in range(utile):  # writes only local arrays: vectorizes even when dz is gy
                         zj = z[ub, ut, ud0 + j]
                         gyj = gy[ub, ut, ud0 + j]
                         sz = w[j]
-                        dz[ub, ut, ud0 + j] = gyj * p[ub, ut, ud0 + j] * sz * (_ONE + zj * (_ONE - sz))
                         q[j] = gyj * zj * sz
+                        w[j] = gyj * p[ub, ut, ud0 + j] * sz * (_ONE + zj * (_ONE - sz))  # dz
+                    for j in range(utile):
+                        dz[ub, ut, ud0 + j] = w[j]
                 else:
                     for j in range(utile):
                         q[j] = gy[ub, ut, ud0 + j]
@@ -249,15 +262,16 @@ def _backward(u, delta, bias, dt, A, Bm, Cm, Dv, z, p, lengths, expc, has_z, has
                     dB_tiles[b, t, k_tile, n] = acc_b
                     dC_tiles[b, t, k_tile, n] = acc_c
                 for j in range(utile):
-                    du[ub, ut, ud0 + j] = q[j] * dv[j] + sum_gb[j] * dtbuf[k, j]
+                    w[j] = sum_wa[j] + sum_gb[j] * u[ub, ut, ud0 + j]  # d dt (u read before du may overwrite it)
                 for j in range(utile):
-                    w[j] = sum_wa[j] + sum_gb[j] * u[ub, ut, ud0 + j]  # d dt
+                    du[ub, ut, ud0 + j] = q[j] * dv[j] + sum_gb[j] * dtbuf[k, j]
                 if softplus_on:
                     for j in range(utile):
                         w[j] *= softplus_grad(delta[ub, ut, ud0 + j] + bias_t[j], ek)
                 for j in range(utile):
                     ddelta[ub, ut, ud0 + j] = w[j]
                     dbias_loc[j] += w[j]
+        _zero_tail(length, ub, ud0, utile, k_tile, has_z, du, ddelta, dz, dB_tiles, dC_tiles)
         for n in range(dstate):
             dA_row = dA_rows[b, n, d0:d1]
             for j in range(tile):
@@ -272,6 +286,26 @@ def _backward(u, delta, bias, dt, A, Bm, Cm, Dv, z, p, lengths, expc, has_z, has
     if dB.shape[2] != dB_tiles.shape[2]:
         _reduce_tiles(dB_tiles, dB)
         _reduce_tiles(dC_tiles, dC)
+
+
+@numba.njit(**_HELPER_OPTIONS)
+def _zero_tail(length, ub, ud0, utile, k_tile, has_z, du, ddelta, dz, dB_tiles, dC_tiles):
+    """Zero one task's gradients at the positions the scan skips (t >= length, in both directions), so the output
+    buffers need no zero fill and may hold the aliased inputs."""
+    seqlen = du.shape[1]
+    dstate = dB_tiles.shape[3]
+    b = np.int64(ub)
+    for t in range(length, seqlen):
+        ut = np.uint64(t)
+        for j in range(utile):
+            du[ub, ut, ud0 + j] = _ZERO
+            ddelta[ub, ut, ud0 + j] = _ZERO
+        if has_z:
+            for j in range(utile):
+                dz[ub, ut, ud0 + j] = _ZERO
+        for n in range(dstate):
+            dB_tiles[b, t, k_tile, n] = _ZERO
+            dC_tiles[b, t, k_tile, n] = _ZERO
 
 
 @numba.njit(**_REDUCE_OPTIONS)
@@ -325,6 +359,72 @@ def _as(grad: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 _DUMMY = np.zeros((1, 1, 1), dtype=np.float32)  # stands in for an absent [B, L, D] or [B, D, N] array (never read)
 
 
+def scan_tile(dim: int, groups: int, dstate: int) -> int:
+    """Channels per task TD: a divisor of D / G of at most MAX_TILE channels and TILE_STATE / N states."""
+    return tile_width(dim // groups, min(MAX_TILE, max(8, TILE_STATE // dstate)))
+
+
+def scan_forward_np(u, delta, bias, A, Bm, Cm, Dv, z, h0, lengths, softplus_on: bool, reverse: bool, partial: bool):
+    """The forward kernel on float32 numpy arrays (C-contiguous; None for an absent z or h0).
+
+    Args:
+        u, delta, z: [B, L, D]; bias, Dv: [D]; A: [D, N]; Bm, Cm: [B, L, G, N]; h0: [B, D, N]; lengths: int64 [B].
+        softplus_on, reverse: as ``selective_scan``.
+        partial: some length is below L (the outputs are then zero-filled first: 0 at the skipped positions).
+
+    Returns:
+        (y, p, final, checkpoints): y [B, L, D]; p [B, L, D] the output before the gate (y itself when z is None);
+        final [B, D, N]; checkpoints [B, ceil(L / CHUNK) - 1, N, D] (kept for ``scan_backward_np``).
+    """
+    batch, seqlen, dim = u.shape
+    dstate, groups = A.shape[1], Bm.shape[2]
+    new = np.zeros if partial else np.empty
+    y = new((batch, seqlen, dim), dtype=np.float32)
+    p = new((batch, seqlen, dim), dtype=np.float32) if z is not None else y
+    final = np.empty((batch, dim, dstate), dtype=np.float32)
+    checkpoints = np.empty((batch, max(0, (seqlen - 1) // CHUNK), dstate, dim), dtype=np.float32)
+    _forward(u, delta, bias, A, Bm, Cm, Dv, z if z is not None else _DUMMY, h0 if h0 is not None else _DUMMY,
+             lengths, EXP2_CONSTS, z is not None, h0 is not None, softplus_on, reverse, scan_tile(dim, groups, dstate),
+             CHUNK, y, p, final, checkpoints)
+    return y, p, final, checkpoints
+
+
+def scan_backward_np(u, delta, bias, A, Bm, Cm, Dv, z, h0, lengths, softplus_on: bool, reverse: bool, p, checkpoints,
+                     gy, gfinal, du=None, ddelta=None, dz=None):
+    """The backward kernel on float32 numpy arrays (forward inputs as in ``scan_forward_np``, then its p and
+    checkpoints, gy [B, L, D] and gfinal [B, D, N] or None).
+
+    ``du``, ``ddelta`` and ``dz`` are output buffers [B, L, D] or None (new arrays); they may be ``u``, ``delta`` and
+    ``gy`` themselves, which are then overwritten by their gradients.
+
+    Returns:
+        (du, ddelta, dz, dA [D, N], dB [B, L, G, N], dC, dD [D], dbias [D], dh0 [B, D, N]); dz is None without z.
+    """
+    batch, seqlen, dim = u.shape
+    dstate, groups = A.shape[1], Bm.shape[2]
+    tile = scan_tile(dim, groups, dstate)
+    ntiles = dim // tile
+    f32 = np.float32
+    du = np.empty((batch, seqlen, dim), dtype=f32) if du is None else du
+    ddelta = np.empty((batch, seqlen, dim), dtype=f32) if ddelta is None else ddelta
+    if z is not None and dz is None:
+        dz = np.empty((batch, seqlen, dim), dtype=f32)
+    dB_tiles = np.empty((batch, seqlen, ntiles, dstate), dtype=f32)
+    dC_tiles = np.empty((batch, seqlen, ntiles, dstate), dtype=f32)
+    dB = dB_tiles if ntiles == groups else np.empty((batch, seqlen, groups, dstate), dtype=f32)
+    dC = dC_tiles if ntiles == groups else np.empty((batch, seqlen, groups, dstate), dtype=f32)
+    dA_rows, dD_rows, dbias_rows = np.empty((batch, dstate, dim), f32), np.empty((batch, dim), f32), np.empty(
+        (batch, dim), f32)
+    dA, dD, dbias = np.empty((dim, dstate), f32), np.empty(dim, f32), np.empty(dim, f32)
+    dh0 = np.empty((batch, dim, dstate), dtype=f32)
+    _backward(u, delta, bias, A, Bm, Cm, Dv, z if z is not None else _DUMMY, h0 if h0 is not None else _DUMMY, p,
+              lengths, EXP2_CONSTS, z is not None, h0 is not None, gfinal is not None, softplus_on, reverse, tile,
+              CHUNK, checkpoints, gy, gfinal if gfinal is not None else _DUMMY, du, ddelta,
+              dz if dz is not None else _DUMMY, dA_rows, dB_tiles, dC_tiles, dD_rows, dbias_rows, dh0, dA, dD, dbias,
+              dB, dC)
+    return du, ddelta, dz, dA, dB, dC, dD, dbias, dh0
+
+
 class _SelectiveScanCPU(torch.autograd.Function):
     """autograd wrapper: numba forward, numba backward with recomputation.
 
@@ -337,25 +437,16 @@ class _SelectiveScanCPU(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, delta_softplus, reverse):
         match_torch_threads()
         batch, seqlen, dim = u.shape
-        dstate, groups = A.shape[1], B.shape[2]
-        tile = tile_width(dim // groups, min(MAX_TILE, max(8, TILE_STATE // dstate)))
         arrays = (to_f32(u), to_f32(delta),
                   to_f32(delta_bias) if delta_bias is not None else np.zeros(dim, dtype=np.float32),
                   to_f32(A), to_f32(B), to_f32(C), to_f32(D) if D is not None else np.zeros(dim, dtype=np.float32),
-                  to_f32(z) if z is not None else _DUMMY, _lengths_np(lengths, batch, seqlen))
-        h0 = to_f32(initial_state) if initial_state is not None else _DUMMY  # [B, D, N]
+                  to_f32(z) if z is not None else None, to_f32(initial_state) if initial_state is not None else None,
+                  _lengths_np(lengths, batch, seqlen))
         partial = lengths is not None and bool((lengths < seqlen).any())
-        new = np.zeros if partial else np.empty  # positions >= length must read as 0
-        y = new((batch, seqlen, dim), dtype=np.float32)
-        p = new((batch, seqlen, dim), dtype=np.float32) if z is not None else y
-        dt = np.empty((batch, seqlen, dim), dtype=np.float32)
-        final = np.empty((batch, dim, dstate), dtype=np.float32)
-        checkpoints = np.empty((batch, (seqlen + CHUNK - 1) // CHUNK, dstate, dim), dtype=np.float32)
-        _forward(*arrays[:8], h0, arrays[8], EXP2_CONSTS, z is not None, initial_state is not None, delta_softplus,
-                 reverse, tile, CHUNK, y, p, dt, final, checkpoints)
+        y, p, final, checkpoints = scan_forward_np(*arrays, delta_softplus, reverse, partial)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, lengths)
-        ctx.kernel_state = (arrays, dt, p, checkpoints, partial)  # the float32 views / copies, reused
-        ctx.flags = (delta_softplus, reverse, tile)
+        ctx.kernel_state = (arrays, p, checkpoints)  # the float32 views / copies, reused
+        ctx.flags = (delta_softplus, reverse)
         ctx.set_materialize_grads(False)  # an unused output gets no zero-filled gradient
         y_t = torch.from_numpy(y)
         return (y_t if u.dtype == torch.float32 else y_t.to(u.dtype)), torch.from_numpy(final)  # [B, D, N]
@@ -363,31 +454,11 @@ class _SelectiveScanCPU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gy, gfinal):
         u, delta, A, B, C, D, z, delta_bias, initial_state, lengths = ctx.saved_tensors
-        arrays, dt, p, checkpoints, partial = ctx.kernel_state
-        delta_softplus, reverse, tile = ctx.flags
+        arrays, p, checkpoints = ctx.kernel_state
         match_torch_threads()
-        batch, seqlen, dim = u.shape
-        dstate, groups = A.shape[1], B.shape[2]
-        ntiles = dim // tile
-        f32 = np.float32
-        gy_np = to_f32(gy) if gy is not None else np.zeros((batch, seqlen, dim), dtype=f32)
-        new = np.zeros if partial else np.empty  # positions >= length must read as 0
-        du = new((batch, seqlen, dim), dtype=f32)
-        ddelta = new((batch, seqlen, dim), dtype=f32)
-        dz = new((batch, seqlen, dim), dtype=f32) if z is not None else _DUMMY
-        dB_tiles = new((batch, seqlen, ntiles, dstate), dtype=f32)
-        dC_tiles = new((batch, seqlen, ntiles, dstate), dtype=f32)
-        dB = dB_tiles if ntiles == groups else np.empty((batch, seqlen, groups, dstate), dtype=f32)
-        dC = dC_tiles if ntiles == groups else np.empty((batch, seqlen, groups, dstate), dtype=f32)
-        dA_rows, dD_rows, dbias_rows = np.empty((batch, dstate, dim), f32), np.empty((batch, dim), f32), np.empty(
-            (batch, dim), f32)
-        dA, dD, dbias = np.empty((dim, dstate), f32), np.empty(dim, f32), np.empty(dim, f32)
-        dh0 = np.empty((batch, dim, dstate), dtype=f32)
-        u_np, delta_np, bias, A_np, Bm, Cm, Dv, z_np, lengths_np = arrays
-        _backward(u_np, delta_np, bias, dt, A_np, Bm, Cm, Dv, z_np, p, lengths_np, EXP2_CONSTS, z is not None,
-                  gfinal is not None, delta_softplus, reverse, tile, CHUNK, checkpoints, gy_np,
-                  to_f32(gfinal) if gfinal is not None else _DUMMY, du, ddelta, dz, dA_rows, dB_tiles, dC_tiles,
-                  dD_rows, dbias_rows, dh0, dA, dD, dbias, dB, dC)
+        gy_np = to_f32(gy) if gy is not None else np.zeros(u.shape, dtype=np.float32)
+        du, ddelta, dz, dA, dB, dC, dD, dbias, dh0 = scan_backward_np(
+            *arrays, *ctx.flags, p, checkpoints, gy_np, to_f32(gfinal) if gfinal is not None else None)
         # gradients in the inputs' dtypes (no cast or copy when they are float32)
         grads = (
             _as(du, u), _as(ddelta, delta), _as(dA, A), _as(dB, B), _as(dC, C),
@@ -417,3 +488,24 @@ def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_
     """
     return _SelectiveScanCPU.apply(u, delta, A, B, C, D, z, delta_bias, initial_state, lengths,
                                    bool(delta_softplus), bool(reverse))
+
+
+@numba.njit(**JIT_OPTIONS)
+def _gate(p, z, expc, y):
+    """y = p * silu(z) over [B, L, D], with the forward kernel's arithmetic (so it reproduces its y bit for bit)."""
+    batch, seqlen, dim = p.shape
+    for b in numba.prange(batch):
+        ek = exp2_consts(expc)
+        ub = np.uint64(b)
+        for t in range(seqlen):
+            ut = np.uint64(t)
+            for j in range(np.uint64(dim)):
+                zj = z[ub, ut, j]
+                y[ub, ut, j] = p[ub, ut, j] * (zj * sigmoid(zj, ek))
+
+
+def gate_np(p: np.ndarray, z: np.ndarray) -> np.ndarray:
+    """The gated output ``p * silu(z)`` [B, L, D] of ``scan_forward_np`` recomputed from its p and z (float32)."""
+    y = np.empty(p.shape, dtype=np.float32)
+    _gate(p, z, EXP2_CONSTS, y)
+    return y

@@ -1,0 +1,183 @@
+"""The Mamba-1 mixer's path from ``in_proj`` to ``out_proj`` as one autograd Function on the CPU (float32, numba).
+
+The CPU counterpart of mamba_ssm's ``mamba_inner_fn`` (``mamba_ssm/ops/selective_scan_interface.py``,
+``checkpoint_lvl=1``). In the [B, L, D] layout (E = d_inner, R = dt_rank, N = d_state, M = B * L):
+
+    x, z  = in_proj(h)                                 # [B, L, E] each (two halves of one [2, B, L, E] buffer)
+    u     = silu(depthwise conv1d(x))                  # causal (anti-causal with ``reverse``), reads t < length
+    x_dbl = x_proj(u) = (dt, B, C)                     # [B, L, R + 2N]
+    delta = dt_proj.weight dt                          # [B, L, E]
+    y     = selective_scan(u, delta, A, B, C, D, z, dt_proj.bias, softplus)   # [B, L, E]
+    out   = out_proj(y)                                # [B, L, d_model]
+
+What the forward keeps for the backward, as mamba_ssm does: the input h, x and z (the ``xz`` buffer), x_dbl, the
+scan's output before the gate p and its state checkpoints. The backward recomputes the elementwise or rank-R parts:
+u (the convolution, twice: for the scan, and for x_proj's weight gradient after the scan), delta (a rank-R product),
+the scan's step sizes (inside the kernel) and y = p * silu(z) (for out_proj's weight gradient). The matrix products
+of in_proj, x_proj and out_proj are not recomputed. Gradient buffers are reused in place: the gradient of y is
+written into the buffer that becomes dz, du overwrites u and ddelta overwrites delta (the scan kernel reads each
+element before it writes it), and the convolution's input gradient overwrites its output gradient.
+
+At Mamba4Rec's max_len 200 (B = 64, E = 128, N = 32) this keeps 2 + 1 + 0.53 + ~1 [B, L, E]-sized tensors instead
+of about 10 (the composed autograd graph also keeps u, delta, dt, y, copies of z and x, and the dz / dx buffers are
+not shared), which is what lets a training step use under half of SASRec's memory there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._numba_utils import match_torch_threads, to_f32
+from .conv1d_cpu import conv_backward_np, conv_forward_np, conv_taps
+from .selective_scan.cpu import gate_np, scan_backward_np, scan_forward_np
+
+__all__ = ["mamba_inner_cpu"]
+
+
+def _linear_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """out [M, O] = x [M, I] @ weight [O, I]^T (+ bias [O]), written in place."""
+    if bias is None:
+        torch.mm(x, weight.t(), out=out)
+    else:
+        torch.addmm(bias, x, weight.t(), out=out)
+
+
+def _bc_arrays(x_dbl: torch.Tensor, dt_rank: int, dstate: int) -> tuple[np.ndarray, np.ndarray]:
+    """Contiguous float32 copies of B and C [B, L, 1, N] from x_dbl [B, L, R + 2N]."""
+    B = to_f32(x_dbl[..., dt_rank:dt_rank + dstate])[:, :, None, :]  # [B, L, 1, N]
+    C = to_f32(x_dbl[..., dt_rank + dstate:])[:, :, None, :]  # [B, L, 1, N]
+    return B, C
+
+
+class _MambaInnerCPU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A, D,
+                out_weight, out_bias, lengths, reverse):
+        match_torch_threads()
+        batch, seqlen, _ = h.shape
+        dim, dt_rank, dstate = dt_weight.shape[0], dt_weight.shape[1], A.shape[1]
+        h2 = h.reshape(batch * seqlen, -1)  # [M, d_model]
+        xz = h.new_empty(2, batch, seqlen, dim)  # x and z, each contiguous [B, L, E]
+        _linear_into(xz[0].view(-1, dim), h2, in_weight[:dim], in_bias[:dim] if in_bias is not None else None)
+        _linear_into(xz[1].view(-1, dim), h2, in_weight[dim:], in_bias[dim:] if in_bias is not None else None)
+        lengths_np = (np.full(batch, seqlen, dtype=np.int64) if lengths is None
+                      else lengths.detach().to(torch.int64).contiguous().numpy())
+        partial = bool((lengths_np < seqlen).any())
+        conv = (conv_taps(conv_weight), to_f32(conv_bias) if conv_bias is not None else np.zeros(dim, np.float32),
+                lengths_np, bool(reverse), True)
+        u = torch.from_numpy(conv_forward_np(xz[0].numpy(), *conv))  # [B, L, E]
+        x_dbl = F.linear(u, x_proj_weight)  # [B, L, R + 2N]
+        delta = F.linear(x_dbl[..., :dt_rank], dt_weight)  # [B, L, E]
+        scan = (to_f32(dt_bias), to_f32(A))
+        y, p, _, checkpoints = scan_forward_np(u.numpy(), delta.numpy(), *scan, *_bc_arrays(x_dbl, dt_rank, dstate),
+                                               to_f32(D), xz[1].numpy(), None, lengths_np, True, bool(reverse),
+                                               partial)
+        del u, delta
+        out = F.linear(torch.from_numpy(y), out_weight, out_bias)  # [B, L, d_model]
+        ctx.save_for_backward(h, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, A, D,
+                              out_weight, out_bias, xz, x_dbl, torch.from_numpy(p))
+        ctx.kernel_state = (conv, scan, checkpoints)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        match_torch_threads()
+        (h, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, A, D, out_weight, out_bias, xz,
+         x_dbl, p) = ctx.saved_tensors
+        conv, scan, checkpoints = ctx.kernel_state
+        batch, seqlen, dim = p.shape
+        dt_rank, dstate = dt_weight.shape[1], A.shape[1]
+        g2 = gout.reshape(batch * seqlen, -1)  # [M, d_model]
+        x_np, z_np = xz[0].numpy(), xz[1].numpy()  # [B, L, E] each
+        d_out_weight, d_out_bias = _out_proj_grads(g2, p, xz[1])
+        gz = p.new_empty(batch, seqlen, dim)  # the gradient of y, then (in place) dz [B, L, E]
+        torch.mm(g2, out_weight, out=gz.view(-1, dim))
+        du = torch.from_numpy(conv_forward_np(x_np, *conv))  # u, then (in place) du [B, L, E]
+        ddelta = F.linear(x_dbl[..., :dt_rank], dt_weight)  # delta, then (in place) ddelta [B, L, E]
+        _, _, _, dA, dB, dC, dD, ddt_bias, _ = scan_backward_np(
+            du.numpy(), ddelta.numpy(), *scan, *_bc_arrays(x_dbl, dt_rank, dstate), to_f32(D), z_np, None, conv[2],
+            True, conv[3], p.numpy(), checkpoints, gz.numpy(), None, du=du.numpy(), ddelta=ddelta.numpy(),
+            dz=gz.numpy())
+        d_x_dbl, d_dt_weight = _x_dbl_grad(ddelta, x_dbl, dt_weight, dB, dC)
+        del ddelta
+        d_in_weight = in_weight.new_empty(in_weight.shape)  # [2E, d_model]
+        h2 = h.reshape(batch * seqlen, -1)  # [M, d_model]
+        dh = _half_in_proj_grads(gz.view(-1, dim), h2, in_weight[dim:], d_in_weight[dim:])  # [M, d_model]
+        d_in_bias_z = gz.view(-1, dim).sum(0) if in_bias is not None else None
+        del gz
+        u = torch.from_numpy(conv_forward_np(x_np, *conv))  # recomputed once more, for x_proj's weight gradient
+        d_x_proj_weight = torch.mm(d_x_dbl.t(), u.view(-1, dim))  # [R + 2N, E]
+        del u
+        du.view(-1, dim).addmm_(d_x_dbl, x_proj_weight)  # + the gradient through x_proj
+        _, dtaps, d_conv_bias = conv_backward_np(x_np, *conv, gy=du.numpy(), dx=du.numpy())  # du becomes dx
+        dh.addmm_(du.view(-1, dim), in_weight[:dim])
+        torch.mm(du.view(-1, dim).t(), h2, out=d_in_weight[:dim])
+        d_in_bias = torch.cat([du.view(-1, dim).sum(0), d_in_bias_z]) if in_bias is not None else None
+        d_conv_weight = torch.from_numpy(dtaps).t().reshape(conv_weight.shape)  # [E, 1, W]
+        return (dh.view(h.shape), d_in_weight, d_in_bias, d_conv_weight,
+                torch.from_numpy(d_conv_bias) if conv_bias is not None else None, d_x_proj_weight, d_dt_weight,
+                torch.from_numpy(ddt_bias), torch.from_numpy(dA), torch.from_numpy(dD), d_out_weight,
+                d_out_bias if out_bias is not None else None, None, None)
+
+
+def _out_proj_grads(g2: torch.Tensor, p: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """out_proj's weight [d_model, E] and bias [d_model] gradients from g2 [M, d_model], recomputing
+    y = p * silu(z) [B, L, E] (freed on return)."""
+    y = torch.from_numpy(gate_np(p.numpy(), z.numpy()))  # [B, L, E]
+    return torch.mm(g2.t(), y.view(-1, y.shape[-1])), g2.sum(0)
+
+
+def _x_dbl_grad(ddelta: torch.Tensor, x_dbl: torch.Tensor, dt_weight: torch.Tensor, dB: np.ndarray,
+                dC: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of x_dbl [M, R + 2N] (from ddelta [B, L, E], dB, dC [B, L, 1, N]) and of dt_proj.weight [E, R].
+
+    The rank-R products are ordered as in ``ssmkit.core.narrow_linear`` (fast on the CPU BLAS).
+    """
+    dim, dt_rank = dt_weight.shape
+    dstate = dB.shape[-1]
+    g2 = ddelta.view(-1, dim)  # [M, E]
+    dt2 = x_dbl.view(-1, x_dbl.shape[-1])[:, :dt_rank]  # [M, R]
+    d_x_dbl = x_dbl.new_empty(g2.shape[0], dt_rank + 2 * dstate)  # [M, R + 2N]
+    d_x_dbl[:, :dt_rank] = (dt_weight.t() @ g2.t()).t()
+    d_x_dbl[:, dt_rank:dt_rank + dstate] = torch.from_numpy(dB).view(-1, dstate)
+    d_x_dbl[:, dt_rank + dstate:] = torch.from_numpy(dC).view(-1, dstate)
+    return d_x_dbl, (dt2.t() @ g2).t()
+
+
+def _half_in_proj_grads(g: torch.Tensor, h2: torch.Tensor, weight: torch.Tensor,
+                        d_weight: torch.Tensor) -> torch.Tensor:
+    """For one half of in_proj: writes its weight gradient g^T h2 [E, d_model] into ``d_weight`` and returns the
+    input gradient g [M, E] @ weight [E, d_model] (a new [M, d_model] tensor)."""
+    torch.mm(g.t(), h2, out=d_weight)
+    return g @ weight
+
+
+def mamba_inner_cpu(h: torch.Tensor, in_weight: torch.Tensor, in_bias: torch.Tensor | None, conv_weight: torch.Tensor,
+                    conv_bias: torch.Tensor | None, x_proj_weight: torch.Tensor, dt_weight: torch.Tensor,
+                    dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor, out_weight: torch.Tensor,
+                    out_bias: torch.Tensor | None, lengths: torch.Tensor | None = None,
+                    reverse: bool = False) -> torch.Tensor:
+    """Mamba-1's in_proj -> conv1d + SiLU -> x_proj -> dt_proj -> selective scan (softplus, gate z) -> out_proj.
+
+    Float32 CPU tensors only (validated by the caller, ``ssmkit.core.mixers.Mamba``). Equal up to float rounding to
+    the composition of ``F.linear``, ``causal_conv1d`` (``anticausal_conv1d`` with ``reverse``) and ``selective_scan``
+    (module docstring), with less memory kept for the backward.
+
+    Args:
+        h: input [B, L, d_model].
+        in_weight: [2E, d_model]; in_bias: [2E] or None.
+        conv_weight: [E, 1, W]; conv_bias: [E] or None.
+        x_proj_weight: [R + 2N, E].
+        dt_weight: [E, R]; dt_bias: [E] (the scan's ``delta_bias``, softplus on).
+        A: [E, N] (``-exp(A_log)``); D: [E].
+        out_weight: [d_out, E]; out_bias: [d_out] or None.
+        lengths: [B] integers in [1, L] (checked by the caller) or None.
+        reverse: anti-causal convolution and right-to-left scan.
+
+    Returns:
+        [B, L, d_out], differentiable in h and every weight (not in lengths).
+    """
+    return _MambaInnerCPU.apply(h, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A, D,
+                                out_weight, out_bias, lengths, bool(reverse))
