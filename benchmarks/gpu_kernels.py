@@ -9,9 +9,11 @@ Sections (each one's rows are printed as they come and written to ``<out>.json``
 * ``linear``: ``linear_scan`` at B=8, D=1536, L from 4K to 64K, bf16 and fp32: forward and forward+backward against
   the copy bandwidth (target >= 70 %, no cliff), and flash-linear-attention's ``chunk_hgrn`` on the same problem
   (``h_t = exp(g_t) h_{t-1} + x_t`` with g = log a) when ``fla`` is importable.
-* ``sel_variants``: settings of the selective-scan forward (module constants of ``selective_scan/triton.py``: tile
-  or rows kernel, prefetch depth, packed B/C, warps, lanes per channel), each checked against the torch backend and
-  timed, then the backward's tile cap (``_BWD_MAX_TILES``) against forward+backward time and peak memory.
+* ``sel_variants``: settings of the selective scan (module constants of ``selective_scan/triton.py``). Forward: tile
+  or rows kernel, prefetch depth, lanes per channel, warps, each checked against the torch backend and timed.
+  Backward, with the fastest correct forward: tile kernel (optionally capped tiles per group) or rows kernel
+  (channels per program, warps, programs per SM), gradients checked against the tile backward, forward+backward time
+  and peak memory. The fastest correct pair is the row "chosen settings", also timed at other shapes.
 * ``lin_variants``: tile shapes / warps of the linear scan, checked against the default output and timed.
   The variant sections choose the defaults from measurements.
 
@@ -34,13 +36,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _measure import device_name, gpu_ceilings  # noqa: E402
-from kernels import floors, selective_case  # noqa: E402
+from kernels import floors, selective_case, selective_inputs  # noqa: E402
 
 from ssmkit.core.io import write_text_atomic  # noqa: E402
 from ssmkit.kernels import linear_scan  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET = dict(B=8, L=4096, D=1536, N=16)
+DEVICE = "cuda"
 LINEAR_LENGTHS = (4096, 8192, 16384, 32768, 65536)
 
 
@@ -51,7 +54,7 @@ def bench_ms(fn) -> float:
 
 
 def selective_runner(backend, dtype, mode, shape=TARGET):
-    return selective_case(backend, shape, dtype, "cuda", mode)
+    return selective_case(backend, shape, dtype, DEVICE, mode)
 
 
 def section_selective(ceilings, backends=("triton", "torch")):
@@ -150,57 +153,94 @@ SEL_FWD_VARIANTS = (  # module settings of selective_scan/triton.py for the forw
     *(dict(_FWD_KIND="rows", _ROWS_LANES=lanes, _ROWS_PREFETCH=p) for lanes in (2, 4) for p in (4, 6, 8, 12)),
     *(dict(_FWD_KIND="rows", _ROWS_LANES=lanes, _ROWS_NUM_WARPS=2, _ROWS_PREFETCH=8) for lanes in (2, 4)),
 )
-SEL_BWD_MAX_TILES = (0, 48, 24)  # _BWD_MAX_TILES of the backward (0: no cap, 192 tiles of 8 channels at D=1536)
-SEL_OTHER_SHAPES = (  # the fastest forward against the defaults at other shapes (grid corner, time series, Mamba4Rec)
+SEL_BWD_VARIANTS = (  # backward settings: the tile kernel (192 tiles of 8 channels at D=1536; capped at 48 / 24
+    # tiles per group) and the rows kernel (channels per program, warps, persistent programs per SM)
+    dict(_BWD_KIND="tile"), dict(_BWD_KIND="tile", _BWD_MAX_TILES=48), dict(_BWD_KIND="tile", _BWD_MAX_TILES=24),
+    dict(_BWD_KIND="rows"), dict(_BWD_KIND="rows", _BWD_ROWS_PER_SM=8), dict(_BWD_KIND="rows", _BWD_ROWS_PER_SM=32),
+    dict(_BWD_KIND="rows", _BWD_ROWS_BLOCK_D=64), dict(_BWD_KIND="rows", _BWD_ROWS_BLOCK_D=64, _BWD_ROWS_NUM_WARPS=2),
+)
+SEL_OTHER_SHAPES = (  # the chosen settings against the defaults at other shapes (grid corner, time series, Mamba4Rec)
     dict(B=2, L=256, D=256, N=16), dict(B=32, L=16, D=64, N=16), dict(B=2048, L=200, D=128, N=32))
 SEL_MAX_REL_ERR = 2e-2  # a forward variant further than this from the torch backend (bf16) is never chosen
 LINEAR_VARIANTS = (  # (steps per tile, channels per program, warps); the second session's sweep chose (64, 32, 4)
     (64, 32, 4), (64, 64, 4), (64, 64, 8), (128, 64, 4), (32, 64, 4))
 
 
+def _selective_grads(cfg: dict, shape=TARGET, dtype=torch.bfloat16) -> dict:
+    """Gradients of every input of the benchmark's selective scan (fixed inputs and dy) under settings ``cfg``."""
+    from ssmkit.kernels import selective_scan
+    from ssmkit.kernels.selective_scan import triton as sel
+
+    torch.manual_seed(0)
+    x = selective_inputs(**shape, dtype=dtype, device=DEVICE, grad=True)
+    gy = torch.randn(shape["B"], shape["L"], shape["D"], device=DEVICE, dtype=dtype)
+    with patched(sel, **cfg):
+        selective_scan(**x, delta_softplus=True, backend="triton").backward(gy)
+    return {name: t.grad.float() for name, t in x.items()}
+
+
+def _timed(rows: list, label: dict, fn) -> None:
+    """Append ``label`` + the result of ``fn()`` (a dict) or its error to ``rows``, and print it."""
+    try:
+        rows.append(dict(label, **fn()))
+    except Exception as exc:
+        rows.append(dict(label, error=repr(exc)[:300]))
+    print(rows[-1], flush=True)
+
+
 def section_sel_variants():
-    """Forward variants of the selective scan (bf16, target shape): time and error against the torch backend."""
+    """Selective-scan settings (bf16, target shape): the forward variants against the torch backend, then the
+    backward variants (with the fastest correct forward) against the default backward's gradients; the fastest
+    correct pair is the row "chosen settings" (benchmarks/gpu_session.sh tests it and runs the recsys step with it).
+    """
     from ssmkit.kernels.selective_scan import triton as sel
 
     rows = []
     dtype = torch.bfloat16
     ref_fwd = selective_runner("torch", dtype, "fwd")().float()
+
+    def forward(cfg):
+        with patched(sel, **cfg):
+            run = selective_runner("triton", dtype, "fwd")
+            return dict(rel_err_vs_torch=_rel(ref_fwd, run().float()), ms=round(bench_ms(run), 4))
+
     for cfg in SEL_FWD_VARIANTS:
-        try:
-            with patched(sel, **cfg):
-                run = selective_runner("triton", dtype, "fwd")
-                err = _rel(ref_fwd, run().float())
-                ms = bench_ms(run)
-            rows.append(dict(kernel="selective fwd", **cfg, ms=round(ms, 4), rel_err_vs_torch=err))
-        except Exception as exc:
-            rows.append(dict(kernel="selective fwd", **cfg, error=repr(exc)[:300]))
-        print(rows[-1], flush=True)
+        _timed(rows, dict(kernel="selective fwd", **cfg), lambda cfg=cfg: forward(cfg))
     timed = [r for r in rows if "ms" in r and r["_FWD_KIND"] == "rows" and r["rel_err_vs_torch"] <= SEL_MAX_REL_ERR]
     best = min(timed, key=lambda r: r["ms"]) if timed else dict(_FWD_KIND="rows")
-    best_cfg = {k: v for k, v in best.items() if k.startswith("_")}  # the fastest correct rows forward
-    rows.append(dict(kernel="fastest rows forward", **best_cfg))
+    fwd_cfg = {k: v for k, v in best.items() if k.startswith("_")}  # the fastest correct rows forward
+    ref_grads = _selective_grads(fwd_cfg)  # the default (tile) backward
+
+    def backward(cfg):
+        grads = _selective_grads({**fwd_cfg, **cfg})
+        err = max(_rel(ref_grads[name], grads[name]) for name in ref_grads)
+        del grads
+        with patched(sel, **fwd_cfg, **cfg):
+            run = selective_runner("triton", dtype, "fwd+bwd")
+            torch.cuda.reset_peak_memory_stats()
+            ms = bench_ms(run)
+        return dict(max_grad_rel_err_vs_tile=err, ms=round(ms, 4),
+                    peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 3))
+
+    bwd_rows = []
+    for cfg in SEL_BWD_VARIANTS:
+        _timed(bwd_rows, dict(kernel="selective fwd+bwd", **fwd_cfg, **cfg), lambda cfg=cfg: backward(cfg))
+        torch.cuda.empty_cache()
+    rows += bwd_rows
+    ok = [r for r in bwd_rows if "ms" in r and r["max_grad_rel_err_vs_tile"] <= SEL_MAX_REL_ERR]
+    best = min(ok, key=lambda r: r["ms"]) if ok else {}
+    chosen = {**fwd_cfg, **{k: v for k, v in best.items() if k.startswith("_")}}
+    rows.append(dict(kernel="chosen settings", **chosen))
     print(rows[-1], flush=True)
-    for shape in SEL_OTHER_SHAPES:
-        for cfg in ({}, best_cfg):
-            try:
-                with patched(sel, **cfg):
-                    ms = bench_ms(selective_runner("triton", dtype, "fwd", shape=shape))
-                rows.append(dict(kernel="selective fwd", shape=shape, **cfg, ms=round(ms, 4)))
-            except Exception as exc:
-                rows.append(dict(kernel="selective fwd", shape=shape, **cfg, error=repr(exc)[:300]))
-            print(rows[-1], flush=True)
-    for max_tiles in SEL_BWD_MAX_TILES:  # backward tiles per group (dB / dC partial memory) against time
-        try:
-            with patched(sel, **best_cfg, _BWD_MAX_TILES=max_tiles):
-                run = selective_runner("triton", dtype, "fwd+bwd")
-                torch.cuda.reset_peak_memory_stats()
-                ms = bench_ms(run)
-                peak_gb = torch.cuda.max_memory_allocated() / 1e9
-            rows.append(dict(kernel="selective fwd+bwd", **best_cfg, _BWD_MAX_TILES=max_tiles, ms=round(ms, 4),
-                             peak_gb=round(peak_gb, 3)))
-        except Exception as exc:
-            rows.append(dict(kernel="selective fwd+bwd", _BWD_MAX_TILES=max_tiles, error=repr(exc)[:300]))
-        print(rows[-1], flush=True)
+    for shape in SEL_OTHER_SHAPES:  # the chosen settings against the defaults elsewhere
+        for cfg in ({}, chosen):
+            for mode in ("fwd", "fwd+bwd"):
+                def run_shape(cfg=cfg, mode=mode, shape=shape):
+                    with patched(sel, **cfg):
+                        return dict(ms=round(bench_ms(selective_runner("triton", dtype, mode, shape=shape)), 4))
+
+                _timed(rows, dict(kernel=f"selective {mode}", shape=shape, **cfg), run_shape)
+        torch.cuda.empty_cache()
     return rows
 
 

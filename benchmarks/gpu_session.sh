@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One device-machine call: measure the selective-scan forward variants, run the CUDA tests with the fastest one, then
-# the recsys GPU benchmark with it; logs and results in $OUT (at most 8 files come back from the device machine).
+# One device-machine call: measure the selective-scan forward and backward variants, run the CUDA tests with the
+# fastest correct settings, then the recsys GPU benchmark with them; logs and results in $OUT (at most 8 files come
+# back from the device machine).
 # Usage (repository root, on the GPU machine):
 #   OUT=<folder> [SECTIONS=...] [TEST_SETTINGS_EXTRA='"_BWD_MAX_TILES": 4'] \
 #     bash benchmarks/gpu_session.sh [BENCH_S] [TESTS_S] [RECSYS_S] [GRID_S]
@@ -15,16 +16,16 @@ fi
 export PYTHONPATH="$PWD:${PYTHONPATH:-}"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-# 1. forward variants (and the backward's tile cap with the fastest forward)
+# 1. forward variants, then backward variants with the fastest forward: the fastest correct pair is "chosen settings"
 timeout "${1:-200}" python3 benchmarks/gpu_kernels.py --selective-backends ${SELECTIVE_BACKENDS:-triton torch} \
   --sections ${SECTIONS:-sel_variants} --out "$OUT/kernels-gpu" > "$OUT/gpu_kernels.log" 2>&1
 grep -v "^{" "$OUT/gpu_kernels.log" | tail -30
-# 2. the fastest correct rows forward found in 1 ("{}" = the defaults if 1 found none)
+# 2. the settings chosen in 1 ("{}" = the defaults if 1 chose none)
 BEST=$(python3 - "$OUT/kernels-gpu.json" <<'PY'
 import json, sys
 try:
     rows = json.load(open(sys.argv[1])).get("sel_variants", [])
-    best = [r for r in rows if r.get("kernel") == "fastest rows forward"]
+    best = [r for r in rows if r.get("kernel") == "chosen settings"]
     print(json.dumps({k: v for k, v in best[0].items() if k.startswith("_")} if best else {}))
 except Exception:
     print("{}")
@@ -32,11 +33,11 @@ PY
 )
 SETTINGS=$(python3 -c "import json, sys; d = json.loads(sys.argv[1]); d.update(json.loads('{' + sys.argv[2] + '}')); \
 print(json.dumps(d))" "$BEST" "${TEST_SETTINGS_EXTRA:-}")
-echo "fastest rows forward: $BEST; CUDA tests with SSMKIT_TRITON_SETTINGS=$SETTINGS"
+echo "chosen settings: $BEST; CUDA tests with SSMKIT_TRITON_SETTINGS=$SETTINGS"
 # 3. the CUDA tests with those settings
 SSMKIT_TRITON_SETTINGS="$SETTINGS" timeout "${2:-200}" python3 -m pytest -q -p no:cacheprovider -n 12 \
   tests/kernels/test_triton_cuda.py 2>&1 | tee "$OUT/cuda_tests.log" | grep -v "^\.*\s*\[" | tail -30
-# 4. Mamba4Rec vs SASRec with the fastest forward, also with the backward capped at 4 tiles per group
+# 4. Mamba4Rec vs SASRec with the chosen settings, also with the backward capped at 4 tiles per group
 if [ "${3:-0}" != 0 ]; then
   timeout "$3" python3 benchmarks/recsys_efficiency_gpu.py --bwd-max-tiles 4 --max-lens 200 1000 4000 50 \
     --triton-settings "$BEST" --out "$OUT/recsys-gpu" > "$OUT/recsys.log" 2>&1

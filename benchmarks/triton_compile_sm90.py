@@ -89,6 +89,16 @@ def _rows_sizes(dstate: int) -> dict[str, int]:
             "PACK": dstate % 4 == 0, "FAST": True}  # whole 8-byte B / C words for every dtype when 4 divides N
 
 
+def _bwd_rows_sizes(dstate: int) -> dict[str, int]:
+    """Integer arguments and constexprs of the rows backward (as in ``_backward_rows``); ELEM is per dtype."""
+    block_d = selective._BWD_ROWS_BLOCK_D
+    tiles = triton.cdiv(DIM // GROUPS, block_d)
+    return {"batch": 8, "seqlen": SEQLEN, "dim": DIM, "groups": GROUPS, "dim_per_group": DIM // GROUPS,
+            "tiles_per_group": tiles, "n_chunks": triton.cdiv(SEQLEN, selective._chunk_size()),
+            "n_programs": 8 * GROUPS * tiles, "CHUNK": selective._chunk_size(), "BLOCK_D": block_d, "DSTATE": dstate,
+            "PACK": dstate % 4 == 0, "FAST": True}
+
+
 def _linear_sizes(batch: int) -> dict[str, int]:
     """Integer arguments and block constexprs of the linear-scan kernels (as in ``_LinearScanFn``)."""
     return {"seqlen": SEQLEN, "dim": DIM, "n_tiles": triton.cdiv(SEQLEN, linear._BLOCK_T),
@@ -140,6 +150,10 @@ SPECS = (
                (GATES, ("HAS_DFINAL",), ("HAS_LENGTHS",), ("REVERSE",)), ("N", DSTATES),
                functools.partial(_selective_sizes, unroll=selective._UNROLL_BWD,
                                  tile_values=selective._TILE_VALUES_BWD), num_warps=selective._NUM_WARPS_BWD),
+    KernelSpec("selective_scan._bwd_rows_kernel", selective._bwd_rows_kernel,
+               _SEL_FWD_IO - {"y_ptr"} | {"dy_ptr", "du_ptr", "ddelta_ptr", "dz_ptr"},
+               (GATES, ("HAS_DFINAL",), ("HAS_LENGTHS",), ("REVERSE",)), ("N", (1, 4, 16, 32)), _bwd_rows_sizes,
+               num_warps=selective._BWD_ROWS_NUM_WARPS),
     KernelSpec("linear_scan._fwd_kernel", linear._fwd_kernel, _LIN_IO,
                (("HAS_INIT",), ("HAS_LENGTHS",), ("REVERSE",)), ("batch", LINEAR_BATCHES), _linear_sizes,
                num_warps=linear._NUM_WARPS),

@@ -112,6 +112,34 @@ def test_selective_scan_backward_max_tiles(dstate, monkeypatch):
                             seed=dstate, has_init=True, has_lengths=True, device="cuda")
 
 
+@pytest.mark.parametrize("setting", ({}, {"_BWD_ROWS_BLOCK_D": 64}, {"_BWD_ROWS_BLOCK_D": 64, "_BWD_ROWS_NUM_WARPS": 2},
+                                     {"_BWD_ROWS_MAX_PROGRAMS": 7}),
+                         ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()) or "default")
+@pytest.mark.parametrize("dstate", (4, 16, 32), ids=lambda n: f"N{n}")
+def test_selective_scan_rows_backward(dstate, setting, monkeypatch):
+    """The rows backward (_BWD_KIND = "rows"), its settings, and a persistent grid of 7 programs for 48 work items."""
+    from ssmkit.kernels.selective_scan import triton as selective_triton
+
+    monkeypatch.setattr(selective_triton, "_BWD_KIND", "rows")
+    for name, value in setting.items():
+        monkeypatch.setattr(selective_triton, name, value)
+    check_selective_backend("triton", reverse=dstate == 16, batch=3, seqlen=200, dim=256, dstate=dstate, groups=2,
+                            dtype=torch.bfloat16, seed=dstate + 1, has_init=True, has_lengths=True, device="cuda")
+
+
+@pytest.mark.parametrize("flags", range(4), ids=lambda i: f"flags{i}")
+@pytest.mark.parametrize("seqlen", (7, 1000), ids=lambda L: f"L{L}")
+def test_selective_scan_rows_backward_flags(seqlen, flags, monkeypatch):
+    """The rows backward in float32 over the four flag sets (D, z, delta_bias, softplus, init, reverse, lengths)."""
+    from ssmkit.kernels.selective_scan import triton as selective_triton
+
+    monkeypatch.setattr(selective_triton, "_BWD_KIND", "rows")
+    options = dict(flag_sets()[flags])
+    reverse = options.pop("reverse")
+    check_selective_backend("triton", reverse=reverse, batch=2, seqlen=seqlen, dim=80, dstate=16, groups=2,
+                            seed=seqlen + flags, device="cuda", **options)
+
+
 def test_selective_scan_misaligned_bc_rows():
     """B / C whose data does not start on an 8-byte boundary are read value by value (no packed words)."""
     from ssmkit.kernels.selective_scan import triton as selective_triton

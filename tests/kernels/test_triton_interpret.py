@@ -38,6 +38,15 @@ SELECTIVE_CASES = {
     "sel-L7-N4-G2-wide-lanes2-f1": dict(seqlen=7, dstate=4, groups=2, flags=1, dim=144, lanes=2),  # 5 tiles per group
     # the backward with at most 2 tiles per group (_BWD_MAX_TILES): 64 channels x 4 states on 2 warps
     "sel-L33-N4-G2-wide-bwdtiles2-f3": dict(seqlen=33, dstate=4, groups=2, flags=3, dim=144, bwd_max_tiles=2),
+    # the rows backward (_BWD_KIND = "rows": one channel per thread, persistent grid), every flag set, packed or not
+    "sel-L33-N4-G2-bwdrows-f0": dict(seqlen=33, dstate=4, groups=2, flags=0, bwd="rows"),
+    "sel-L70-N4-G1-bwdrows-f1": dict(seqlen=70, dstate=4, groups=1, flags=1, bwd="rows"),
+    "sel-L33-N2-G2-bwdrows-bf16-f2": dict(seqlen=33, dstate=2, groups=2, flags=2, bwd="rows", dtype=torch.bfloat16),
+    "sel-L70-N4-G2-wide-bwdrows-bf16-f3": dict(seqlen=70, dstate=4, groups=2, flags=3, dim=144, bwd="rows",
+                                               dtype=torch.bfloat16),
+    "sel-L9-N16-G1-bwdrows-fp16-f0": dict(seqlen=9, dstate=16, groups=1, flags=0, bwd="rows", dtype=torch.float16),
+    "sel-L40-N4-G2-wide-bwdrows-3progs-f3": dict(seqlen=40, dstate=4, groups=2, flags=3, dim=144, bwd="rows",
+                                                 bwd_programs=3),  # 12 work items on 3 persistent programs
     # the [BLOCK_D, BLOCK_N] tile forward (used above _ROWS_MAX_DSTATE states), forced at small N
     "sel-L33-N4-G2-tile-f0": dict(seqlen=33, dstate=4, groups=2, flags=0, kind="tile"),
     "sel-L33-N4-G2-tile-bf16-f3": dict(seqlen=33, dstate=4, groups=2, flags=3, kind="tile", dtype=torch.bfloat16),
@@ -67,6 +76,8 @@ def _selective_case(case: dict) -> None:
     selective_triton._FWD_KIND = case.get("kind", "rows")
     selective_triton._ROWS_LANES = case.get("lanes", 1)
     selective_triton._BWD_MAX_TILES = case.get("bwd_max_tiles", 0)
+    selective_triton._BWD_KIND = case.get("bwd", "tile")
+    selective_triton._BWD_ROWS_MAX_PROGRAMS = case.get("bwd_programs", 0)
     try:
         check_selective_backend("triton", reverse=reverse, batch=2, seqlen=case["seqlen"],
                                 dim=case.get("dim", 4 * groups), dstate=case["dstate"], groups=groups,
@@ -76,6 +87,8 @@ def _selective_case(case: dict) -> None:
         selective_triton._FWD_KIND = "rows"
         selective_triton._ROWS_LANES = 1
         selective_triton._BWD_MAX_TILES = 0
+        selective_triton._BWD_KIND = "tile"
+        selective_triton._BWD_ROWS_MAX_PROGRAMS = 0
 
 
 def _linear_case(case: dict) -> None:

@@ -76,6 +76,11 @@ _ROWS_PREFETCH = 4  # steps loaded ahead of the one being computed (1 above 16 s
 _ROWS_PACK = True  # load B_t / C_t rows as 8-byte words (when N and the pointers allow it)
 _BWD_MAX_TILES = 0  # > 0: at most this many backward tiles per group (less partial memory; not yet measured)
 _ROWS_LANES = 1  # threads per channel, each with N / LANES of its states (2 or 4: more warps; not yet measured)
+_BWD_KIND = "tile"  # "tile" or "rows" (one channel per thread, up to _ROWS_MAX_DSTATE states; not yet measured)
+_BWD_ROWS_BLOCK_D = 32  # rows backward: channels per program (a multiple of 32 * warps: channels per thread)
+_BWD_ROWS_NUM_WARPS = 1
+_BWD_ROWS_PER_SM = 16  # rows backward: persistent programs per SM (each holds a [CHUNK, N, BLOCK_D] scratch)
+_BWD_ROWS_MAX_PROGRAMS = 0  # > 0: at most this many programs (tests: several work items per program, any device)
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
 
@@ -489,6 +494,155 @@ def _bwd_kernel(
         tl.store(dbias_ptr + pid_b * dim + d, dbias_acc, mask=dmask)
 
 
+@triton.jit
+def _load_scan_row(u_ptr, delta_ptr, bias, row, dim, d, dmask, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                   FAST: tl.constexpr):
+    """u, the pre-softplus x = delta (+ bias) and dt of the channels ``d`` at flat (batch, time) row ``row``."""
+    u = tl.load(u_ptr + row * dim + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+    x = tl.load(delta_ptr + row * dim + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+    if HAS_BIAS:
+        x = x + bias
+    if SOFTPLUS:
+        dt = tl.where(x <= 20.0, _LN2 * _log2(1.0 + _exp2(tl.minimum(x, 20.0) * _LOG2E, FAST), FAST), x)
+    else:
+        dt = x
+    return u, x, dt
+
+
+@triton.jit
+def _bwd_rows_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, len_ptr, ckpt_ptr, dy_ptr, dfinal_ptr,
+    scratch_ptr, du_ptr, ddelta_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dinit_ptr,
+    batch, seqlen, dim, groups, dim_per_group, tiles_per_group, n_chunks, n_programs,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
+    CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, DSTATE: tl.constexpr, PACK: tl.constexpr, ELEM: tl.constexpr,
+    FAST: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    lane = tl.arange(0, BLOCK_D)  # [BD] one channel per thread (BLOCK_D / (32 warps) channels per thread)
+    scratch = scratch_ptr + pid.to(tl.int64) * CHUNK * DSTATE * BLOCK_D  # this program's [CHUNK, N, BD] states
+    for work in range(pid, batch * groups * tiles_per_group, n_programs):  # persistent: (batch, group, tile) items
+        pid_b = (work // (groups * tiles_per_group)).to(tl.int64)
+        g = (work // tiles_per_group) % groups
+        tile = work % tiles_per_group
+        dloc = tile * BLOCK_D + lane  # [BD]
+        dmask = dloc < dim_per_group
+        d = g * dim_per_group + dloc  # [BD] channel index
+        A2 = ()  # N x [BD]: A[d, n] log2(e), so that exp(dt A) = exp2(dt A2)
+        gh = ()  # N x [BD]: gradient of the loss w.r.t. the state after the current step
+        dA_acc = ()  # N x [BD]: sum over steps of the gradient w.r.t. A
+        for i in tl.static_range(DSTATE):
+            A2 = A2 + (tl.load(A_ptr + d * DSTATE + i, mask=dmask, other=0.0).to(tl.float32) * _LOG2E,)
+            if HAS_DFINAL:
+                gh = gh + (tl.load(dfinal_ptr + (pid_b * dim + d) * DSTATE + i, mask=dmask, other=0.0)
+                           .to(tl.float32),)
+            else:
+                gh = gh + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+            dA_acc = dA_acc + (tl.zeros([BLOCK_D], dtype=tl.float32),)
+        if HAS_D:
+            Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+        else:
+            Dv = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+        else:
+            bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dD_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        dbias_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+        if HAS_LENGTHS:
+            length = tl.load(len_ptr + pid_b)
+        else:
+            length = seqlen
+        n_valid = tl.cdiv(length, CHUNK)
+        for kk in range(0, n_valid):
+            k = n_valid - 1 - kk
+            s0 = k * CHUNK
+            s1 = tl.minimum(s0 + CHUNK, length)
+            # 1) recompute the chunk from its checkpoint: scratch[j, n] = state before step s0 + j
+            h = ()
+            for i in tl.static_range(DSTATE):
+                h = h + (tl.load(ckpt_ptr + ((pid_b * n_chunks + k) * dim + d) * DSTATE + i, mask=dmask, other=0.0),)
+            for s in range(s0, s1):
+                for i in tl.static_range(DSTATE):
+                    tl.store(scratch + ((s - s0) * DSTATE + i) * BLOCK_D + lane, h[i])
+                if REVERSE:
+                    t = length - 1 - s
+                else:
+                    t = s
+                row = pid_b * seqlen + t
+                u, x, dt = _load_scan_row(u_ptr, delta_ptr, bias, row, dim, d, dmask, HAS_BIAS, SOFTPLUS, FAST)
+                B_row = _load_bc_row(B_ptr + (row * groups + g) * DSTATE, True, DSTATE, PACK)
+                dtu = dt * u  # [BD]
+                h_next = ()
+                for i in tl.static_range(DSTATE):
+                    h_next = h_next + (_exp2(dt * A2[i], FAST) * h[i] + dtu * _bc_value(B_row, i, ELEM, PACK),)
+                h = h_next
+            tl.debug_barrier()
+            # 2) the adjoint recurrence backwards through the chunk
+            for j in range(0, s1 - s0):
+                s = s1 - 1 - j
+                if REVERSE:
+                    t = length - 1 - s
+                else:
+                    t = s
+                row = pid_b * seqlen + t
+                u, x, dt = _load_scan_row(u_ptr, delta_ptr, bias, row, dim, d, dmask, HAS_BIAS, SOFTPLUS, FAST)
+                dy = tl.load(dy_ptr + row * dim + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+                B_row = _load_bc_row(B_ptr + (row * groups + g) * DSTATE, True, DSTATE, PACK)
+                C_row = _load_bc_row(C_ptr + (row * groups + g) * DSTATE, True, DSTATE, PACK)
+                dtu = dt * u  # [BD]
+                h_prev = ()  # N x [BD]: the state before step s
+                decay = ()  # N x [BD]: exp(dt A)
+                h = ()  # N x [BD]: the state after step s
+                y_pre = Dv * u  # [BD] y before the gate
+                for i in tl.static_range(DSTATE):
+                    hp = tl.load(scratch + ((s - s0) * DSTATE + i) * BLOCK_D + lane)
+                    e = _exp2(dt * A2[i], FAST)
+                    h_i = e * hp + dtu * _bc_value(B_row, i, ELEM, PACK)
+                    y_pre += h_i * _bc_value(C_row, i, ELEM, PACK)
+                    h_prev = h_prev + (hp,)
+                    decay = decay + (e,)
+                    h = h + (h_i,)
+                if HAS_Z:
+                    zt = tl.load(z_ptr + row * dim + d, mask=dmask, other=0.0).to(tl.float32)  # [BD]
+                    sig = tl.sigmoid(zt)
+                    tl.store(dz_ptr + row * dim + d, dy * y_pre * sig * (1.0 + zt * (1.0 - sig)), mask=dmask)
+                    dy = dy * zt * sig  # gradient of y before the gate
+                if HAS_D:
+                    dD_acc += dy * u
+                gB = tl.zeros([BLOCK_D], dtype=tl.float32)  # [BD] sum_n gh B_t
+                gA = tl.zeros([BLOCK_D], dtype=tl.float32)  # [BD] sum_n gh h_prev exp(dt A) A log2(e)
+                part = ((row * groups + g) * tiles_per_group + tile) * DSTATE
+                gh_next = ()
+                dA_next = ()
+                for i in tl.static_range(DSTATE):
+                    gh_i = gh[i] + dy * _bc_value(C_row, i, ELEM, PACK)  # total gradient of h_s
+                    tl.store(dC_ptr + part + i, tl.sum(dy * h[i], axis=0))  # summed over the tile's channels
+                    tl.store(dB_ptr + part + i, tl.sum(gh_i * dtu, axis=0))
+                    gB += gh_i * _bc_value(B_row, i, ELEM, PACK)
+                    gdA = gh_i * h_prev[i] * decay[i]
+                    gA += gdA * A2[i]
+                    dA_next = dA_next + (dA_acc[i] + gdA * dt,)
+                    gh_next = gh_next + (gh_i * decay[i],)
+                gh = gh_next
+                dA_acc = dA_next
+                ddt = gA * _LN2 + gB * u  # [BD]
+                if SOFTPLUS:
+                    ddt = tl.where(x <= 20.0, ddt * tl.sigmoid(x), ddt)
+                dbias_acc += ddt
+                tl.store(du_ptr + row * dim + d, dy * Dv + gB * dt, mask=dmask)
+                tl.store(ddelta_ptr + row * dim + d, ddt, mask=dmask)
+            tl.debug_barrier()
+        for i in tl.static_range(DSTATE):
+            tl.store(dinit_ptr + (pid_b * dim + d) * DSTATE + i, gh[i], mask=dmask)
+            tl.store(dA_ptr + (pid_b * dim + d) * DSTATE + i, dA_acc[i], mask=dmask)
+        if HAS_D:
+            tl.store(dD_ptr + pid_b * dim + d, dD_acc, mask=dmask)
+        if HAS_BIAS:
+            tl.store(dbias_ptr + pid_b * dim + d, dbias_acc, mask=dmask)
+
+
 def _geometry(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, tile_values: int) -> dict:
     batch, seqlen, dim = u.shape
     groups, dstate = B.shape[2], A.shape[1]
@@ -569,6 +723,8 @@ class _SelectiveScanFn(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt = ctx.saved_tensors
         delta_softplus, reverse = ctx.flags
+        if _BWD_KIND == "rows" and A.shape[1] <= _ROWS_MAX_DSTATE:
+            return _backward_rows(ctx, dy, dfinal)
         tile_values = _bwd_tile_values(u.shape[2] // B.shape[2], A.shape[1])
         geo = _geometry(u, A, B, tile_values)
         batch, seqlen, dim, dstate = geo["batch"], geo["seqlen"], geo["dim"], geo["dstate"]
@@ -604,6 +760,53 @@ class _SelectiveScanFn(torch.autograd.Function):
         dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None  # [D]
         dinit = dinit.to(initial_state.dtype) if initial_state is not None else None  # [B, D, N]
         return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, None, None, None
+
+
+def _backward_rows(ctx, dy: torch.Tensor | None, dfinal: torch.Tensor | None) -> tuple:
+    """``_SelectiveScanFn.backward`` with the rows kernel: one channel per thread, a persistent grid."""
+    u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt = ctx.saved_tensors
+    delta_softplus, reverse = ctx.flags
+    geo = _geometry(u, A, B, _TILE_VALUES_BWD)
+    batch, seqlen, dim, dstate, groups = geo["batch"], geo["seqlen"], geo["dim"], geo["dstate"], geo["groups"]
+    block_d = min(_BWD_ROWS_BLOCK_D, triton.next_power_of_2(geo["dim_per_group"]))
+    tiles = triton.cdiv(geo["dim_per_group"], block_d)
+    n_work = batch * groups * tiles
+    n_programs = n_work
+    if u.is_cuda and not triton_interpret():
+        sms = torch.cuda.get_device_properties(u.device).multi_processor_count
+        n_programs = min(n_work, sms * _BWD_ROWS_PER_SM)
+    if _BWD_ROWS_MAX_PROGRAMS > 0:
+        n_programs = min(n_programs, _BWD_ROWS_MAX_PROGRAMS)
+    dev, f32 = u.device, torch.float32
+    dy = torch.zeros_like(u) if dy is None else dy.contiguous()  # [B, L, D]
+    alloc = torch.zeros if lengths is not None else torch.empty  # skipped positions get 0 gradient
+    du = alloc(batch, seqlen, dim, device=dev, dtype=u.dtype)  # [B, L, D]
+    ddelta = alloc(batch, seqlen, dim, device=dev, dtype=delta.dtype)  # [B, L, D]
+    dz = alloc(batch, seqlen, dim, device=dev, dtype=z.dtype) if z is not None else None  # [B, L, D]
+    dB_part = alloc(batch, seqlen, groups, tiles, dstate, device=dev, dtype=f32)  # [B, L, G, T, N]
+    dC_part = alloc(batch, seqlen, groups, tiles, dstate, device=dev, dtype=f32)  # [B, L, G, T, N]
+    dA_part = torch.empty(batch, dim, dstate, device=dev, dtype=f32)  # [B, D, N]
+    dD_part = torch.empty(batch, dim, device=dev, dtype=f32) if D is not None else None  # [B, D]
+    dbias_part = torch.empty(batch, dim, device=dev, dtype=f32) if delta_bias is not None else None  # [B, D]
+    dinit = torch.empty(batch, dim, dstate, device=dev, dtype=f32)  # [B, D, N]
+    scratch = torch.empty(n_programs * geo["chunk"] * dstate * block_d, device=dev, dtype=f32)
+    _bwd_rows_kernel[(n_programs,)](
+        u, delta, A, B, C, _opt(D, u), _opt(z, u), _opt(delta_bias, u), _opt(lengths, u), ckpt, dy,
+        _opt(dfinal, u), scratch, du, ddelta, _opt(dz, du), dB_part, dC_part, dA_part,
+        _opt(dD_part, dA_part), _opt(dbias_part, dA_part), dinit,
+        batch, seqlen, dim, groups, geo["dim_per_group"], tiles, geo["n_chunks"], n_programs,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
+        HAS_DFINAL=dfinal is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
+        CHUNK=geo["chunk"], BLOCK_D=block_d, DSTATE=dstate, PACK=_packable(B, C, dstate), ELEM=_ELEM_CODE[B.dtype],
+        FAST=not triton_interpret(), num_warps=_BWD_ROWS_NUM_WARPS,
+    )
+    dB = dB_part.sum(3).to(B.dtype)  # [B, L, G, N]
+    dC = dC_part.sum(3).to(C.dtype)  # [B, L, G, N]
+    dA = dA_part.sum(0).to(A.dtype)  # [D, N]
+    dD = dD_part.sum(0).to(D.dtype) if D is not None else None  # [D]
+    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None  # [D]
+    dinit = dinit.to(initial_state.dtype) if initial_state is not None else None  # [B, D, N]
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, None, None, None
 
 
 def _check_dtypes(**tensors: torch.Tensor | None) -> None:
