@@ -194,11 +194,12 @@ def _spills(row: dict) -> bool:
     return row["STACK"] > 0 or row["LOCAL"] > 0 or row["STL_LDL"] > 0
 
 
-def compile_case(case: tuple[int, str, int, dict[str, bool]]) -> dict:
+def compile_case(case: tuple[int, str, int, dict[str, bool]], keep_cubin: bool = False) -> dict:
     """Compile one kernel configuration for sm_90 and measure its resource usage.
 
     Args:
         case: (index into SPECS, dtype name, axis value, constexpr flags).
+        keep_cubin: also return the compiled binary (``row["cubin"]``, bytes).
 
     Returns:
         The report row: kernel, dtype, axis, block sizes, flags and either the resource usage or the error.
@@ -232,6 +233,8 @@ def compile_case(case: tuple[int, str, int, dict[str, bool]]) -> dict:
         kernel = triton.compile(ASTSource(spec.fn, signature, constexprs, attrs), target=TARGET,
                                 options={"num_warps": spec.num_warps})
         row.update(_resource_usage(kernel.asm["cubin"]))
+        if keep_cubin:
+            row["cubin"] = kernel.asm["cubin"]
     except Exception as exc:  # any failure is a result to report, not a crash
         row["error"] = f"{type(exc).__name__}: {exc}".strip()
     return row

@@ -28,6 +28,16 @@ backward; ``reverse`` and ``lengths`` are index arithmetic everywhere (step ``s`
   The partials take B L G T N floats each: at N = 32 and D = 128 (Mamba4Rec) 4-channel tiles make that 2 bytes per
   state value and token, 3.2 GiB of a 7.0 GiB training step at batch 2048 x 200. ``_BWD_MAX_TILES`` caps T with wider
   tiles on proportionally more warps (tested; its speed is not yet measured on a GPU, so the default is no cap).
+* Backward, "rows" kernel (``_bwd_rows_kernel``, ``_BWD_KIND = "rows"``, up to ``_ROWS_MAX_DSTATE`` states; off by
+  default until measured on a GPU): the rows forward's layout for the backward. One channel per thread
+  (``_BWD_ROWS_BLOCK_D`` channels per program), its N states, their adjoints and dA sums as N-register tuples, so
+  y, the gate, gB and ddelta need no shuffles; only dB / dC (sums over the program's channels) use warp reductions.
+  The recomputed chunk goes to a per-program scratch ``[CHUNK, N, BLOCK_D]`` (each thread reads back what it
+  wrote), and the grid is persistent (at most ``_BWD_ROWS_PER_SM`` programs per SM loop over the (batch, group,
+  tile) items), so the scratch is bounded by the GPU, not by B x D. Compiled for sm_90 (bf16, N = 16, all gates):
+  786 instructions per step for 16 state values (49 per value) in the adjoint loop and 138 (9 per value) in the
+  recompute loop, against 93 and 26 per value for the tile backward; 168 registers, no spill at N = 16 without
+  lengths / reverse / dfinal, small spills (16-32 bytes) at N = 32.
 * Math is float32 whatever the I/O dtype (fp32 / bf16 / fp16). Softplus uses threshold 20, as the spec. On a GPU
   the rows kernel uses the approximate ``ex2`` / ``lg2`` instructions (``FAST``); the interpreter uses tl.exp2 /
   tl.log2.
