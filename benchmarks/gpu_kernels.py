@@ -158,6 +158,8 @@ SEL_BWD_VARIANTS = (  # backward settings: the tile kernel (192 tiles of 8 chann
     dict(_BWD_KIND="tile"), dict(_BWD_KIND="tile", _BWD_MAX_TILES=48), dict(_BWD_KIND="tile", _BWD_MAX_TILES=24),
     dict(_BWD_KIND="rows"), dict(_BWD_KIND="rows", _BWD_ROWS_PER_SM=8), dict(_BWD_KIND="rows", _BWD_ROWS_PER_SM=32),
     dict(_BWD_KIND="rows", _BWD_ROWS_BLOCK_D=64), dict(_BWD_KIND="rows", _BWD_ROWS_BLOCK_D=64, _BWD_ROWS_NUM_WARPS=2),
+    dict(_BWD_KIND="rows", _BWD_ROWS_TILE_SUMS=True), dict(_BWD_KIND="rows", _BWD_ROWS_TILE_SUMS=True,
+                                                          _BWD_ROWS_BLOCK_D=64),
 )
 SEL_OTHER_SHAPES = (  # the chosen settings against the defaults at other shapes (grid corner, time series, Mamba4Rec)
     dict(B=2, L=256, D=256, N=16), dict(B=32, L=16, D=64, N=16), dict(B=2048, L=200, D=128, N=32))

@@ -96,7 +96,8 @@ def _bwd_rows_sizes(dstate: int) -> dict[str, int]:
     return {"batch": 8, "seqlen": SEQLEN, "dim": DIM, "groups": GROUPS, "dim_per_group": DIM // GROUPS,
             "tiles_per_group": tiles, "n_chunks": triton.cdiv(SEQLEN, selective._chunk_size()),
             "n_programs": 8 * GROUPS * tiles, "CHUNK": selective._chunk_size(), "BLOCK_D": block_d, "DSTATE": dstate,
-            "PACK": dstate % 4 == 0, "FAST": True}
+            "PACK": dstate % 4 == 0, "FAST": True,
+            "SUMS_PAD": triton.next_power_of_2(2 * dstate) if selective._BWD_ROWS_TILE_SUMS else 0}
 
 
 def _linear_sizes(batch: int) -> dict[str, int]:

@@ -7,12 +7,13 @@ the most frequent opcodes. Divide a per-step loop's count by the state values a 
 
 Usage::
 
-    OMP_NUM_THREADS=1 python benchmarks/triton_sass_loops.py --dstate 16
+    OMP_NUM_THREADS=1 python benchmarks/triton_sass_loops.py --dstate 16 [--set _BWD_ROWS_TILE_SUMS=True]
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import collections
 import re
 import subprocess
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import triton_compile_sm90 as aot
 from triton import knobs
+
+from ssmkit.kernels.selective_scan import triton as selective
 
 FLAGS = {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "HAS_INIT": False, "HAS_DFINAL": False,
          "HAS_LENGTHS": False, "REVERSE": False}
@@ -47,7 +50,14 @@ def loops(cubin: bytes) -> list[tuple[int, collections.Counter]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--dstate", type=int, default=16, choices=(1, 4, 16, 32))
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="selective_scan/triton.py settings (Python literals), e.g. _BWD_ROWS_TILE_SUMS=True")
     args = parser.parse_args(argv)
+    for item in args.set:
+        name, value = item.split("=", 1)
+        if not hasattr(selective, name):
+            raise SystemExit(f"--set: selective_scan.triton has no setting {name!r}")
+        setattr(selective, name, ast.literal_eval(value))
     for spec_index, spec in enumerate(aot.SPECS):
         if not spec.name.startswith("selective_scan."):
             continue

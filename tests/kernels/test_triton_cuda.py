@@ -113,7 +113,7 @@ def test_selective_scan_backward_max_tiles(dstate, monkeypatch):
 
 
 @pytest.mark.parametrize("setting", ({}, {"_BWD_ROWS_BLOCK_D": 64}, {"_BWD_ROWS_BLOCK_D": 64, "_BWD_ROWS_NUM_WARPS": 2},
-                                     {"_BWD_ROWS_MAX_PROGRAMS": 7}),
+                                     {"_BWD_ROWS_MAX_PROGRAMS": 7}, {"_BWD_ROWS_TILE_SUMS": True}),
                          ids=lambda d: "-".join(f"{k}{v}" for k, v in d.items()) or "default")
 @pytest.mark.parametrize("dstate", (4, 16, 32), ids=lambda n: f"N{n}")
 def test_selective_scan_rows_backward(dstate, setting, monkeypatch):

@@ -47,6 +47,8 @@ SELECTIVE_CASES = {
     "sel-L9-N16-G1-bwdrows-fp16-f0": dict(seqlen=9, dstate=16, groups=1, flags=0, bwd="rows", dtype=torch.float16),
     "sel-L40-N4-G2-wide-bwdrows-3progs-f3": dict(seqlen=40, dstate=4, groups=2, flags=3, dim=144, bwd="rows",
                                                  bwd_programs=3),  # 12 work items on 3 persistent programs
+    "sel-L40-N3-G2-wide-bwdrows-tilesums-f0": dict(seqlen=40, dstate=3, groups=2, flags=0, dim=144, bwd="rows",
+                                                   bwd_tile_sums=True),  # dB / dC sums from a padded [8, BD] tile
     # the [BLOCK_D, BLOCK_N] tile forward (used above _ROWS_MAX_DSTATE states), forced at small N
     "sel-L33-N4-G2-tile-f0": dict(seqlen=33, dstate=4, groups=2, flags=0, kind="tile"),
     "sel-L33-N4-G2-tile-bf16-f3": dict(seqlen=33, dstate=4, groups=2, flags=3, kind="tile", dtype=torch.bfloat16),
@@ -78,6 +80,7 @@ def _selective_case(case: dict) -> None:
     selective_triton._BWD_MAX_TILES = case.get("bwd_max_tiles", 0)
     selective_triton._BWD_KIND = case.get("bwd", "tile")
     selective_triton._BWD_ROWS_MAX_PROGRAMS = case.get("bwd_programs", 0)
+    selective_triton._BWD_ROWS_TILE_SUMS = case.get("bwd_tile_sums", False)
     try:
         check_selective_backend("triton", reverse=reverse, batch=2, seqlen=case["seqlen"],
                                 dim=case.get("dim", 4 * groups), dstate=case["dstate"], groups=groups,
@@ -89,6 +92,7 @@ def _selective_case(case: dict) -> None:
         selective_triton._BWD_MAX_TILES = 0
         selective_triton._BWD_KIND = "tile"
         selective_triton._BWD_ROWS_MAX_PROGRAMS = 0
+        selective_triton._BWD_ROWS_TILE_SUMS = False
 
 
 def _linear_case(case: dict) -> None:

@@ -37,7 +37,10 @@ backward; ``reverse`` and ``lengths`` are index arithmetic everywhere (step ``s`
   tile) items), so the scratch is bounded by the GPU, not by B x D. Compiled for sm_90 (bf16, N = 16, all gates):
   786 instructions per step for 16 state values (49 per value) in the adjoint loop and 138 (9 per value) in the
   recompute loop, against 93 and 26 per value for the tile backward; 168 registers, no spill at N = 16 without
-  lengths / reverse / dfinal, small spills (16-32 bytes) at N = 32.
+  lengths / reverse / dfinal, small spills (16-32 bytes) at N = 32. ``_BWD_ROWS_TILE_SUMS`` writes each thread's
+  2N dB / dC terms to a ``[2N, BLOCK_D]`` scratch tile and sums it after a barrier, instead of one warp reduction
+  per value: 547 instructions per step (34 per value; shuffles 160 -> 24); it spills more at N = 32 (up to 88
+  bytes in float32), so it is a separate setting.
 * Math is float32 whatever the I/O dtype (fp32 / bf16 / fp16). Softplus uses threshold 20, as the spec. On a GPU
   the rows kernel uses the approximate ``ex2`` / ``lg2`` instructions (``FAST``); the interpreter uses tl.exp2 /
   tl.log2.
@@ -90,6 +93,7 @@ _BWD_KIND = "tile"  # "tile" or "rows" (one channel per thread, up to _ROWS_MAX_
 _BWD_ROWS_BLOCK_D = 32  # rows backward: channels per program (a multiple of 32 * warps: channels per thread)
 _BWD_ROWS_NUM_WARPS = 1
 _BWD_ROWS_PER_SM = 16  # rows backward: persistent programs per SM (each holds a [CHUNK, N, BLOCK_D] scratch)
+_BWD_ROWS_TILE_SUMS = False  # rows backward: dB / dC sums from a [2N, BLOCK_D] scratch tile, not per-value reductions
 _BWD_ROWS_MAX_PROGRAMS = 0  # > 0: at most this many programs (tests: several work items per program, any device)
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
@@ -527,11 +531,13 @@ def _bwd_rows_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DFINAL: tl.constexpr, HAS_LENGTHS: tl.constexpr, REVERSE: tl.constexpr,
     CHUNK: tl.constexpr, BLOCK_D: tl.constexpr, DSTATE: tl.constexpr, PACK: tl.constexpr, ELEM: tl.constexpr,
-    FAST: tl.constexpr,
+    FAST: tl.constexpr, SUMS_PAD: tl.constexpr,
 ):
     pid = tl.program_id(0)
     lane = tl.arange(0, BLOCK_D)  # [BD] one channel per thread (BLOCK_D / (32 warps) channels per thread)
-    scratch = scratch_ptr + pid.to(tl.int64) * CHUNK * DSTATE * BLOCK_D  # this program's [CHUNK, N, BD] states
+    # this program's scratch: [CHUNK, N, BD] recomputed states, then (SUMS_PAD > 0) [2N, BD] for the dC / dB sums
+    scratch = scratch_ptr + pid.to(tl.int64) * (CHUNK + 2) * DSTATE * BLOCK_D
+    sums_in = scratch + CHUNK * DSTATE * BLOCK_D
     for work in range(pid, batch * groups * tiles_per_group, n_programs):  # persistent: (batch, group, tile) items
         pid_b = (work // (groups * tiles_per_group)).to(tl.int64)
         g = (work // tiles_per_group) % groups
@@ -628,8 +634,12 @@ def _bwd_rows_kernel(
                 dA_next = ()
                 for i in tl.static_range(DSTATE):
                     gh_i = gh[i] + dy * _bc_value(C_row, i, ELEM, PACK)  # total gradient of h_s
-                    tl.store(dC_ptr + part + i, tl.sum(dy * h[i], axis=0))  # summed over the tile's channels
-                    tl.store(dB_ptr + part + i, tl.sum(gh_i * dtu, axis=0))
+                    if SUMS_PAD > 0:  # summed below, over the tile's channels, from one [2N, BD] tile
+                        tl.store(sums_in + i * BLOCK_D + lane, dy * h[i])
+                        tl.store(sums_in + (DSTATE + i) * BLOCK_D + lane, gh_i * dtu)
+                    else:  # summed over the tile's channels by warp reductions, one per value
+                        tl.store(dC_ptr + part + i, tl.sum(dy * h[i], axis=0))
+                        tl.store(dB_ptr + part + i, tl.sum(gh_i * dtu, axis=0))
                     gB += gh_i * _bc_value(B_row, i, ELEM, PACK)
                     gdA = gh_i * h_prev[i] * decay[i]
                     gA += gdA * A2[i]
@@ -637,6 +647,15 @@ def _bwd_rows_kernel(
                     gh_next = gh_next + (gh_i * decay[i],)
                 gh = gh_next
                 dA_acc = dA_next
+                if SUMS_PAD > 0:
+                    tl.debug_barrier()  # the [2N, BD] tile is read across threads
+                    n2 = tl.arange(0, SUMS_PAD)  # [P] dC values, then dB values
+                    tile_in = tl.load(sums_in + n2[:, None] * BLOCK_D + lane[None, :], mask=(n2 < 2 * DSTATE)[:, None],
+                                      other=0.0)  # [P, BD]
+                    sums = tl.sum(tile_in, axis=1)  # [P]
+                    tl.store(dC_ptr + part + n2, sums, mask=n2 < DSTATE)
+                    tl.store(dB_ptr + part + n2 - DSTATE, sums, mask=(n2 >= DSTATE) & (n2 < 2 * DSTATE))
+                    tl.debug_barrier()  # read before the next step overwrites it
                 ddt = gA * _LN2 + gB * u  # [BD]
                 if SOFTPLUS:
                     ddt = tl.where(x <= 20.0, ddt * tl.sigmoid(x), ddt)
@@ -799,7 +818,7 @@ def _backward_rows(ctx, dy: torch.Tensor | None, dfinal: torch.Tensor | None) ->
     dD_part = torch.empty(batch, dim, device=dev, dtype=f32) if D is not None else None  # [B, D]
     dbias_part = torch.empty(batch, dim, device=dev, dtype=f32) if delta_bias is not None else None  # [B, D]
     dinit = torch.empty(batch, dim, dstate, device=dev, dtype=f32)  # [B, D, N]
-    scratch = torch.empty(n_programs * geo["chunk"] * dstate * block_d, device=dev, dtype=f32)
+    scratch = torch.empty(n_programs * (geo["chunk"] + 2) * dstate * block_d, device=dev, dtype=f32)
     _bwd_rows_kernel[(n_programs,)](
         u, delta, A, B, C, _opt(D, u), _opt(z, u), _opt(delta_bias, u), _opt(lengths, u), ckpt, dy,
         _opt(dfinal, u), scratch, du, ddelta, _opt(dz, du), dB_part, dC_part, dA_part,
@@ -808,7 +827,8 @@ def _backward_rows(ctx, dy: torch.Tensor | None, dfinal: torch.Tensor | None) ->
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DFINAL=dfinal is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
         CHUNK=geo["chunk"], BLOCK_D=block_d, DSTATE=dstate, PACK=_packable(B, C, dstate), ELEM=_ELEM_CODE[B.dtype],
-        FAST=not triton_interpret(), num_warps=_BWD_ROWS_NUM_WARPS,
+        FAST=not triton_interpret(), SUMS_PAD=triton.next_power_of_2(2 * dstate) if _BWD_ROWS_TILE_SUMS else 0,
+        num_warps=_BWD_ROWS_NUM_WARPS,
     )
     dB = dB_part.sum(3).to(B.dtype)  # [B, L, G, N]
     dC = dC_part.sum(3).to(C.dtype)  # [B, L, G, N]
