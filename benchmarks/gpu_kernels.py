@@ -150,14 +150,13 @@ SEL_FWD_VARIANTS = (  # module settings of selective_scan/triton.py for the forw
     # (PREFETCH 2 / 3 / 5 / 8, unpacked B/C and 2 warps were measured in the second device session: slower than 4)
     dict(_FWD_KIND="tile"),
     *(dict(_FWD_KIND="rows", _ROWS_LANES=1, _ROWS_PREFETCH=p) for p in (4, 6)),
-    *(dict(_FWD_KIND="rows", _ROWS_LANES=lanes, _ROWS_PREFETCH=p) for lanes in (2, 4) for p in (4, 6, 8, 12)),
-    *(dict(_FWD_KIND="rows", _ROWS_LANES=lanes, _ROWS_NUM_WARPS=2, _ROWS_PREFETCH=8) for lanes in (2, 4)),
+    *(dict(_FWD_KIND="rows", _ROWS_LANES=lanes, _ROWS_PREFETCH=p) for lanes in (2, 4) for p in (4, 8)),
+    dict(_FWD_KIND="rows", _ROWS_LANES=2, _ROWS_NUM_WARPS=2, _ROWS_PREFETCH=8),
 )
-SEL_BWD_VARIANTS = (  # backward settings: the tile kernel (192 tiles of 8 channels at D=1536; capped at 48 / 24
-    # tiles per group) and the rows kernel (channels per program, warps, persistent programs per SM)
-    dict(_BWD_KIND="tile"), dict(_BWD_KIND="tile", _BWD_MAX_TILES=48), dict(_BWD_KIND="tile", _BWD_MAX_TILES=24),
-    dict(_BWD_KIND="rows"), dict(_BWD_KIND="rows", _BWD_ROWS_PER_SM=8), dict(_BWD_KIND="rows", _BWD_ROWS_PER_SM=32),
-    dict(_BWD_KIND="rows", _BWD_ROWS_BLOCK_D=64), dict(_BWD_KIND="rows", _BWD_ROWS_BLOCK_D=64, _BWD_ROWS_NUM_WARPS=2),
+SEL_BWD_VARIANTS = (  # backward settings: the tile kernel (192 tiles of 8 channels at D=1536, or capped at 24 tiles
+    # per group) and the rows kernel (channels per program, dB / dC sums from a scratch tile, programs per SM)
+    dict(_BWD_KIND="tile"), dict(_BWD_KIND="tile", _BWD_MAX_TILES=24),
+    dict(_BWD_KIND="rows"), dict(_BWD_KIND="rows", _BWD_ROWS_BLOCK_D=64), dict(_BWD_KIND="rows", _BWD_ROWS_PER_SM=32),
     dict(_BWD_KIND="rows", _BWD_ROWS_TILE_SUMS=True), dict(_BWD_KIND="rows", _BWD_ROWS_TILE_SUMS=True,
                                                           _BWD_ROWS_BLOCK_D=64),
 )
@@ -181,13 +180,24 @@ def _selective_grads(cfg: dict, shape=TARGET, dtype=torch.bfloat16) -> dict:
     return {name: t.grad.float() for name, t in x.items()}
 
 
+PARTIAL = []  # every variant row so far, written to PARTIAL_PATH as it comes (a cut section keeps its rows)
+PARTIAL_PATH: Path | None = None
+
+
+def _record(row: dict) -> None:
+    PARTIAL.append(row)
+    print(row, flush=True)
+    if PARTIAL_PATH is not None:
+        write_text_atomic(PARTIAL_PATH, json.dumps(PARTIAL, indent=1))
+
+
 def _timed(rows: list, label: dict, fn) -> None:
-    """Append ``label`` + the result of ``fn()`` (a dict) or its error to ``rows``, and print it."""
+    """Append ``label`` + the result of ``fn()`` (a dict) or its error to ``rows``, and record it."""
     try:
         rows.append(dict(label, **fn()))
     except Exception as exc:
         rows.append(dict(label, error=repr(exc)[:300]))
-    print(rows[-1], flush=True)
+    _record(rows[-1])
 
 
 def section_sel_variants():
@@ -233,10 +243,10 @@ def section_sel_variants():
     best = min(ok, key=lambda r: r["ms"]) if ok else {}
     chosen = {**fwd_cfg, **{k: v for k, v in best.items() if k.startswith("_")}}
     rows.append(dict(kernel="chosen settings", **chosen))
-    print(rows[-1], flush=True)
+    _record(rows[-1])
     for shape in SEL_OTHER_SHAPES:  # the chosen settings against the defaults elsewhere
         for cfg in ({}, chosen):
-            for mode in ("fwd", "fwd+bwd"):
+            for mode in ("fwd+bwd",):
                 def run_shape(cfg=cfg, mode=mode, shape=shape):
                     with patched(sel, **cfg):
                         return dict(ms=round(bench_ms(selective_runner("triton", dtype, mode, shape=shape)), 4))
@@ -324,6 +334,8 @@ def main(argv=None) -> None:
     print("ceilings", result["ceilings"], flush=True)
     stem = Path(args.out) if args.out else RESULTS / f"kernels-gpu-{dev}"
     stem.parent.mkdir(parents=True, exist_ok=True)
+    global PARTIAL_PATH
+    PARTIAL_PATH = stem.with_name(stem.name + ".partial.json")
     sections = dict(selective=lambda: section_selective(result["ceilings"], backends=args.selective_backends),
                     linear=lambda: section_linear(result["ceilings"]), sel_variants=section_sel_variants,
                     lin_variants=section_lin_variants)

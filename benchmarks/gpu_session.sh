@@ -5,7 +5,8 @@
 # Usage (repository root, on the GPU machine):
 #   OUT=<folder> [SECTIONS=...] [TEST_SETTINGS_EXTRA='"_BWD_MAX_TILES": 4'] \
 #     bash benchmarks/gpu_session.sh [BENCH_S] [TESTS_S] [RECSYS_S] [GRID_S]
-# (time limits in seconds; RECSYS_S / GRID_S = 0 skip the recsys step / the grid of benchmarks/kernels.py)
+# (time limits in seconds; RECSYS_S / GRID_S = 0 skip the recsys step / the grid of benchmarks/kernels.py). The next
+# call (about 560 s): SECTIONS="sel_variants lin_variants" TEST_SETTINGS_EXTRA=... and limits 260 160 120 0.
 set -u
 export PYTHONUNBUFFERED=1 OUT="${OUT:-/tmp/ssmkit-gpu}"
 mkdir -p "$OUT"
@@ -21,10 +22,10 @@ timeout "${1:-200}" python3 benchmarks/gpu_kernels.py --selective-backends ${SEL
   --sections ${SECTIONS:-sel_variants} --out "$OUT/kernels-gpu" > "$OUT/gpu_kernels.log" 2>&1
 grep -v "^{" "$OUT/gpu_kernels.log" | tail -30
 # 2. the settings chosen in 1 ("{}" = the defaults if 1 chose none)
-BEST=$(python3 - "$OUT/kernels-gpu.json" <<'PY'
+BEST=$(python3 - "$OUT/kernels-gpu.partial.json" <<'PY'
 import json, sys
-try:
-    rows = json.load(open(sys.argv[1])).get("sel_variants", [])
+try:  # the rows as they were measured (kept even if the time limit cut the sweep after its choice)
+    rows = json.load(open(sys.argv[1]))
     best = [r for r in rows if r.get("kernel") == "chosen settings"]
     print(json.dumps({k: v for k, v in best[0].items() if k.startswith("_")} if best else {}))
 except Exception:
