@@ -756,39 +756,62 @@ class _SelectiveScanFn(torch.autograd.Function):
             return _backward_rows(ctx, dy, dfinal)
         tile_values = _bwd_tile_values(u.shape[2] // B.shape[2], A.shape[1])
         geo = _geometry(u, A, B, tile_values)
-        batch, seqlen, dim, dstate = geo["batch"], geo["seqlen"], geo["dim"], geo["dstate"]
-        groups, tiles = geo["groups"], geo["tiles_per_group"]
-        dev, f32 = u.device, torch.float32
-        dy = torch.zeros_like(u) if dy is None else dy.contiguous()  # [B, L, D]
-        alloc = torch.zeros if lengths is not None else torch.empty  # skipped positions get 0 gradient
-        du = alloc(batch, seqlen, dim, device=dev, dtype=u.dtype)  # [B, L, D]
-        ddelta = alloc(batch, seqlen, dim, device=dev, dtype=delta.dtype)  # [B, L, D]
-        dz = alloc(batch, seqlen, dim, device=dev, dtype=z.dtype) if z is not None else None  # [B, L, D]
-        dB_part = alloc(batch, seqlen, groups, tiles, dstate, device=dev, dtype=f32)  # [B, L, G, T, N]
-        dC_part = alloc(batch, seqlen, groups, tiles, dstate, device=dev, dtype=f32)  # [B, L, G, T, N]
-        dA_part = torch.empty(batch, dim, dstate, device=dev, dtype=f32)  # [B, D, N]
-        dD_part = torch.empty(batch, dim, device=dev, dtype=f32) if D is not None else None  # [B, D]
-        dbias_part = torch.empty(batch, dim, device=dev, dtype=f32) if delta_bias is not None else None  # [B, D]
-        dinit = torch.empty(batch, dim, dstate, device=dev, dtype=f32)  # [B, D, N]
+        batch, groups, tiles = geo["batch"], geo["groups"], geo["tiles_per_group"]
+        buf = _grad_buffers(ctx.saved_tensors, dy, groups, tiles)
         scratch = torch.empty(batch * groups * tiles * geo["chunk"] * geo["block_d"] * geo["block_n"],
-                              device=dev, dtype=f32)
+                              device=u.device, dtype=torch.float32)
         _bwd_kernel[(batch, groups * tiles)](
-            u, delta, A, B, C, _opt(D, u), _opt(z, u), _opt(delta_bias, u), _opt(lengths, u), ckpt, dy,
-            _opt(dfinal, u), scratch, du, ddelta, _opt(dz, du), dB_part, dC_part, dA_part,
-            _opt(dD_part, dA_part), _opt(dbias_part, dA_part), dinit,
-            seqlen, dim, groups, geo["dim_per_group"], tiles, dstate, geo["n_chunks"],
+            *_bwd_pointers(ctx.saved_tensors, buf, dfinal, scratch),
+            geo["seqlen"], geo["dim"], groups, geo["dim_per_group"], tiles, geo["dstate"], geo["n_chunks"],
             HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
             HAS_DFINAL=dfinal is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
             CHUNK=geo["chunk"], BLOCK_D=geo["block_d"], BLOCK_N=geo["block_n"], UNROLL=_UNROLL_BWD,
             num_warps=_NUM_WARPS_BWD * tile_values // _TILE_VALUES_BWD, num_stages=_NUM_STAGES_BWD,
         )
-        dB = dB_part.sum(3).to(B.dtype)  # [B, L, G, N]
-        dC = dC_part.sum(3).to(C.dtype)  # [B, L, G, N]
-        dA = dA_part.sum(0).to(A.dtype)  # [D, N]
-        dD = dD_part.sum(0).to(D.dtype) if D is not None else None  # [D]
-        dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None  # [D]
-        dinit = dinit.to(initial_state.dtype) if initial_state is not None else None  # [B, D, N]
-        return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, None, None, None
+        return _reduce_grads(ctx.saved_tensors, buf)
+
+
+def _grad_buffers(saved: tuple, dy: torch.Tensor | None, groups: int, tiles: int) -> dict:
+    """The backward kernels' outputs: du, ddelta, dz [B, L, D] (zero-filled with lengths: skipped positions get 0),
+    per-tile dB / dC partials [B, L, G, T, N], per-row dA [B, D, N] / dD / dbias [B, D] partials, dinit [B, D, N];
+    and dy [B, L, D] made contiguous (zeros when only the final state has a gradient)."""
+    u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt = saved
+    (batch, seqlen, dim), dstate = u.shape, A.shape[1]
+    dev, f32 = u.device, torch.float32
+    alloc = torch.zeros if lengths is not None else torch.empty
+    return dict(
+        dy=torch.zeros_like(u) if dy is None else dy.contiguous(),
+        du=alloc(batch, seqlen, dim, device=dev, dtype=u.dtype),
+        ddelta=alloc(batch, seqlen, dim, device=dev, dtype=delta.dtype),
+        dz=alloc(batch, seqlen, dim, device=dev, dtype=z.dtype) if z is not None else None,
+        dB_part=alloc(batch, seqlen, groups, tiles, dstate, device=dev, dtype=f32),
+        dC_part=alloc(batch, seqlen, groups, tiles, dstate, device=dev, dtype=f32),
+        dA_part=torch.empty(batch, dim, dstate, device=dev, dtype=f32),
+        dD_part=torch.empty(batch, dim, device=dev, dtype=f32) if D is not None else None,
+        dbias_part=torch.empty(batch, dim, device=dev, dtype=f32) if delta_bias is not None else None,
+        dinit=torch.empty(batch, dim, dstate, device=dev, dtype=f32),
+    )
+
+
+def _bwd_pointers(saved: tuple, buf: dict, dfinal: torch.Tensor | None, scratch: torch.Tensor) -> tuple:
+    """The pointer arguments shared by ``_bwd_kernel`` and ``_bwd_rows_kernel``, in their order."""
+    u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt = saved
+    return (u, delta, A, B, C, _opt(D, u), _opt(z, u), _opt(delta_bias, u), _opt(lengths, u), ckpt, buf["dy"],
+            _opt(dfinal, u), scratch, buf["du"], buf["ddelta"], _opt(buf["dz"], buf["du"]), buf["dB_part"],
+            buf["dC_part"], buf["dA_part"], _opt(buf["dD_part"], buf["dA_part"]),
+            _opt(buf["dbias_part"], buf["dA_part"]), buf["dinit"])
+
+
+def _reduce_grads(saved: tuple, buf: dict) -> tuple:
+    """Sum the partials (deterministic, no atomics) and return ``_SelectiveScanFn.backward``'s gradients."""
+    u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt = saved
+    dB = buf["dB_part"].sum(3).to(B.dtype)  # [B, L, G, N]
+    dC = buf["dC_part"].sum(3).to(C.dtype)  # [B, L, G, N]
+    dA = buf["dA_part"].sum(0).to(A.dtype)  # [D, N]
+    dD = buf["dD_part"].sum(0).to(D.dtype) if D is not None else None  # [D]
+    dbias = buf["dbias_part"].sum(0).to(delta_bias.dtype) if delta_bias is not None else None  # [D]
+    dinit = buf["dinit"].to(initial_state.dtype) if initial_state is not None else None  # [B, D, N]
+    return buf["du"], buf["ddelta"], dA, dB, dC, dD, buf["dz"], dbias, dinit, None, None, None
 
 
 def _backward_rows(ctx, dy: torch.Tensor | None, dfinal: torch.Tensor | None) -> tuple:
@@ -796,7 +819,7 @@ def _backward_rows(ctx, dy: torch.Tensor | None, dfinal: torch.Tensor | None) ->
     u, delta, A, B, C, D, z, delta_bias, initial_state, lengths, ckpt = ctx.saved_tensors
     delta_softplus, reverse = ctx.flags
     geo = _geometry(u, A, B, _TILE_VALUES_BWD)
-    batch, seqlen, dim, dstate, groups = geo["batch"], geo["seqlen"], geo["dim"], geo["dstate"], geo["groups"]
+    batch, dstate, groups = geo["batch"], geo["dstate"], geo["groups"]
     block_d = min(_BWD_ROWS_BLOCK_D, triton.next_power_of_2(geo["dim_per_group"]))
     tiles = triton.cdiv(geo["dim_per_group"], block_d)
     n_work = batch * groups * tiles
@@ -806,37 +829,18 @@ def _backward_rows(ctx, dy: torch.Tensor | None, dfinal: torch.Tensor | None) ->
         n_programs = min(n_work, sms * _BWD_ROWS_PER_SM)
     if _BWD_ROWS_MAX_PROGRAMS > 0:
         n_programs = min(n_programs, _BWD_ROWS_MAX_PROGRAMS)
-    dev, f32 = u.device, torch.float32
-    dy = torch.zeros_like(u) if dy is None else dy.contiguous()  # [B, L, D]
-    alloc = torch.zeros if lengths is not None else torch.empty  # skipped positions get 0 gradient
-    du = alloc(batch, seqlen, dim, device=dev, dtype=u.dtype)  # [B, L, D]
-    ddelta = alloc(batch, seqlen, dim, device=dev, dtype=delta.dtype)  # [B, L, D]
-    dz = alloc(batch, seqlen, dim, device=dev, dtype=z.dtype) if z is not None else None  # [B, L, D]
-    dB_part = alloc(batch, seqlen, groups, tiles, dstate, device=dev, dtype=f32)  # [B, L, G, T, N]
-    dC_part = alloc(batch, seqlen, groups, tiles, dstate, device=dev, dtype=f32)  # [B, L, G, T, N]
-    dA_part = torch.empty(batch, dim, dstate, device=dev, dtype=f32)  # [B, D, N]
-    dD_part = torch.empty(batch, dim, device=dev, dtype=f32) if D is not None else None  # [B, D]
-    dbias_part = torch.empty(batch, dim, device=dev, dtype=f32) if delta_bias is not None else None  # [B, D]
-    dinit = torch.empty(batch, dim, dstate, device=dev, dtype=f32)  # [B, D, N]
-    scratch = torch.empty(n_programs * (geo["chunk"] + 2) * dstate * block_d, device=dev, dtype=f32)
+    buf = _grad_buffers(ctx.saved_tensors, dy, groups, tiles)
+    scratch = torch.empty(n_programs * (geo["chunk"] + 2) * dstate * block_d, device=u.device, dtype=torch.float32)
     _bwd_rows_kernel[(n_programs,)](
-        u, delta, A, B, C, _opt(D, u), _opt(z, u), _opt(delta_bias, u), _opt(lengths, u), ckpt, dy,
-        _opt(dfinal, u), scratch, du, ddelta, _opt(dz, du), dB_part, dC_part, dA_part,
-        _opt(dD_part, dA_part), _opt(dbias_part, dA_part), dinit,
-        batch, seqlen, dim, groups, geo["dim_per_group"], tiles, geo["n_chunks"], n_programs,
+        *_bwd_pointers(ctx.saved_tensors, buf, dfinal, scratch),
+        batch, geo["seqlen"], geo["dim"], groups, geo["dim_per_group"], tiles, geo["n_chunks"], n_programs,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=delta_softplus,
         HAS_DFINAL=dfinal is not None, HAS_LENGTHS=lengths is not None, REVERSE=reverse,
         CHUNK=geo["chunk"], BLOCK_D=block_d, DSTATE=dstate, PACK=_packable(B, C, dstate), ELEM=_ELEM_CODE[B.dtype],
         FAST=not triton_interpret(), SUMS_PAD=triton.next_power_of_2(2 * dstate) if _BWD_ROWS_TILE_SUMS else 0,
         num_warps=_BWD_ROWS_NUM_WARPS,
     )
-    dB = dB_part.sum(3).to(B.dtype)  # [B, L, G, N]
-    dC = dC_part.sum(3).to(C.dtype)  # [B, L, G, N]
-    dA = dA_part.sum(0).to(A.dtype)  # [D, N]
-    dD = dD_part.sum(0).to(D.dtype) if D is not None else None  # [D]
-    dbias = dbias_part.sum(0).to(delta_bias.dtype) if delta_bias is not None else None  # [D]
-    dinit = dinit.to(initial_state.dtype) if initial_state is not None else None  # [B, D, N]
-    return du, ddelta, dA, dB, dC, dD, dz, dbias, dinit, None, None, None
+    return _reduce_grads(ctx.saved_tensors, buf)
 
 
 def _check_dtypes(**tensors: torch.Tensor | None) -> None:
