@@ -246,12 +246,11 @@ def section_sel_variants():
     _record(rows[-1])
     for shape in SEL_OTHER_SHAPES:  # the chosen settings against the defaults elsewhere
         for cfg in ({}, chosen):
-            for mode in ("fwd+bwd",):
-                def run_shape(cfg=cfg, mode=mode, shape=shape):
-                    with patched(sel, **cfg):
-                        return dict(ms=round(bench_ms(selective_runner("triton", dtype, mode, shape=shape)), 4))
+            def run_shape(cfg=cfg, shape=shape):
+                with patched(sel, **cfg):
+                    return dict(ms=round(bench_ms(selective_runner("triton", dtype, "fwd+bwd", shape=shape)), 4))
 
-                _timed(rows, dict(kernel=f"selective {mode}", shape=shape, **cfg), run_shape)
+            _timed(rows, dict(kernel="selective fwd+bwd", shape=shape, **cfg), run_shape)
         torch.cuda.empty_cache()
     return rows
 

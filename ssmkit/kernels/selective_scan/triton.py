@@ -216,6 +216,12 @@ def _log2(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _softplus2(x, FAST: tl.constexpr):
+    """Softplus with threshold 20 through ``_exp2`` / ``_log2`` (the rows kernels' form of ``_softplus``)."""
+    return tl.where(x <= 20.0, _LN2 * _log2(1.0 + _exp2(tl.minimum(x, 20.0) * _LOG2E, FAST), FAST), x)
+
+
+@triton.jit
 def _load_bc_row(ptr, ok, COUNT: tl.constexpr, PACK: tl.constexpr):
     """COUNT values of a B_t or C_t row from ``ptr``, as loaded (unconverted, so the load is not waited on): a
     tuple of COUNT values, or with PACK a tuple of 8-byte words (each word holds 8 // element-size values)."""
@@ -350,7 +356,7 @@ def _fwd_rows_kernel(
         if HAS_BIAS:
             dt = dt + bias
         if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, _LN2 * _log2(1.0 + _exp2(tl.minimum(dt, 20.0) * _LOG2E, FAST), FAST), dt)
+            dt = _softplus2(dt, FAST)
         dtu = dt * u  # [BDL]
         y = tl.zeros([BLOCK_D * LANES], dtype=tl.float32)  # [BDL] this thread's share of sum_n C h
         h_next = ()
@@ -517,7 +523,7 @@ def _load_scan_row(u_ptr, delta_ptr, bias, row, dim, d, dmask, HAS_BIAS: tl.cons
     if HAS_BIAS:
         x = x + bias
     if SOFTPLUS:
-        dt = tl.where(x <= 20.0, _LN2 * _log2(1.0 + _exp2(tl.minimum(x, 20.0) * _LOG2E, FAST), FAST), x)
+        dt = _softplus2(x, FAST)
     else:
         dt = x
     return u, x, dt
