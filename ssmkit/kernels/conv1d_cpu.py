@@ -216,6 +216,7 @@ class _DepthwiseConv1dCPU(torch.autograd.Function):
                 None, None, None)
 
 
+@torch.compiler.disable  # dynamo must not trace into numba
 def depthwise_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          lengths: torch.Tensor | None, reverse: bool, silu: bool) -> torch.Tensor:
     """Fused depthwise convolution (+ SiLU) on validated float32 CPU inputs.

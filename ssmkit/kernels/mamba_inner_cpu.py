@@ -154,6 +154,7 @@ def _half_in_proj_grads(g: torch.Tensor, h2: torch.Tensor, weight: torch.Tensor,
     return g @ weight
 
 
+@torch.compiler.disable  # dynamo must not trace into numba
 def mamba_inner_cpu(h: torch.Tensor, in_weight: torch.Tensor, in_bias: torch.Tensor | None, conv_weight: torch.Tensor,
                     conv_bias: torch.Tensor | None, x_proj_weight: torch.Tensor, dt_weight: torch.Tensor,
                     dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor, out_weight: torch.Tensor,

@@ -114,6 +114,7 @@ class _LinearScanCPU(torch.autograd.Function):
         return torch.from_numpy(da).to(a.dtype), torch.from_numpy(db).to(b_dtype), d_init, None, None
 
 
+@torch.compiler.disable  # dynamo must not trace into numba
 def linear_scan(a, b, initial_state, reverse, lengths):
     """Fused CPU linear scan on validated inputs.
 

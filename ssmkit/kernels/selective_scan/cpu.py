@@ -470,6 +470,7 @@ class _SelectiveScanCPU(torch.autograd.Function):
         return (*grads, None, None, None)
 
 
+@torch.compiler.disable  # dynamo must not trace into numba
 def selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, reverse, lengths):
     """Fused CPU selective scan on validated inputs (B and C already [B, L, G, N]).
 
