@@ -1,10 +1,11 @@
 """``SequentialRecommender``: the LightningModule that trains and evaluates any registered next-item model.
 
-RecBole's sequential protocol: CE over all items on the tied scores (``full_sort_scores``), Adam, full-ranking
-evaluation with only PAD masked (HR / NDCG / MRR at 5, 10, 20 over all users of the split); early stopping and
-checkpoint selection on ``val/ndcg@10`` are set in the configs. ``n_items`` and ``max_len`` come from the data module:
-given explicitly (or restored from a checkpoint's hyper-parameters) the model is built in ``__init__``; otherwise in
-``setup`` from ``trainer.datamodule`` (which works with the CLI's subclass mode), and a mismatch raises.
+RecBole's sequential protocol: CE over all items on the tied scores (``full_sort_scores``), or the model's own
+``training_loss`` where it has one (BERT4Rec's masked-item CE), Adam, full-ranking evaluation with only PAD masked
+(HR / NDCG / MRR at 5, 10, 20 over all users of the split); early stopping and checkpoint selection on
+``val/ndcg@10`` are set in the configs. ``n_items`` and ``max_len`` come from the data module: given explicitly (or
+restored from a checkpoint's hyper-parameters) the model is built in ``__init__``; otherwise in ``setup``
+from ``trainer.datamodule`` (which works with the CLI's subclass mode), and a mismatch raises.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class SequentialRecommender(L.LightningModule):
     """Train / validate / test a sequential recommender from the registry.
 
     Args:
-        model_name: registered name ("mamba4rec", "sasrec", "gru4rec", ...).
+        model_name: registered name ("mamba4rec", "sasrec", "gru4rec", "bert4rec", ...).
         model_kwargs: the model's own hyper-parameters (hidden_size, n_layers, dropout, ...).
         n_items, max_len: vocabulary size (incl. PAD) and history length; None = read from the data module.
         lr, weight_decay: Adam settings (RecBole: 1e-3, 0).
@@ -70,7 +71,11 @@ class SequentialRecommender(L.LightningModule):
         return self.model.full_sort_scores(item_seq, lengths)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = F.cross_entropy(self(batch["item_seq"], batch["lengths"]), batch["target"])
+        own_loss = getattr(self.model, "training_loss", None)  # a model with its own objective (BERT4Rec's masking)
+        if own_loss is not None:
+            loss = own_loss(batch["item_seq"], batch["lengths"], batch["target"])
+        else:
+            loss = F.cross_entropy(self(batch["item_seq"], batch["lengths"]), batch["target"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0])
         return loss
 

@@ -14,13 +14,15 @@ from ssmkit.recsys.models.mamba4rec import Mamba4Rec
 from ssmkit.recsys.models.sasrec import SASRec
 
 
-def recbole_sasrec_forward(sd, item_seq, lengths, n_layers, n_heads, eps=1e-12):
-    """RecBole SASRec.forward in eval mode from its state_dict keys (extended mask -10000, post-norm layers)."""
+def recbole_sasrec_forward(sd, item_seq, lengths, n_layers, n_heads, eps=1e-12, causal=True):
+    """RecBole SASRec.forward in eval mode from its state_dict keys (extended mask -10000, post-norm layers);
+    ``causal=False`` is RecBole's bidirectional mask (PAD keys only), BERT4Rec's; ``lengths=None`` returns every
+    position."""
     length = item_seq.shape[1]
     x = sd["item_embedding.weight"][item_seq] + sd["position_embedding.weight"][:length]
     x = F.layer_norm(x, x.shape[-1:], sd["LayerNorm.weight"], sd["LayerNorm.bias"], eps)
-    causal = torch.tril(torch.ones(length, length))
-    mask = (1.0 - (item_seq > 0).float()[:, None, None, :] * causal) * -10000.0  # [B, 1, L, L]
+    allowed = torch.tril(torch.ones(length, length)) if causal else torch.ones(length, length)
+    mask = (1.0 - (item_seq > 0).float()[:, None, None, :] * allowed) * -10000.0  # [B, 1, L, L]
     batch, _, dim = x.shape
     for i in range(n_layers):
         p = f"trm_encoder.layer.{i}."
@@ -39,7 +41,7 @@ def recbole_sasrec_forward(sd, item_seq, lengths, n_layers, n_heads, eps=1e-12):
         f = p + "feed_forward."
         h = lin(F.gelu(lin(x, f + "dense_1")), f + "dense_2")
         x = F.layer_norm(h + x, (dim,), sd[f + "LayerNorm.weight"], sd[f + "LayerNorm.bias"], eps)
-    return x[torch.arange(batch), lengths - 1]
+    return x if lengths is None else x[torch.arange(batch), lengths - 1]  # [B, L, H] or [B, H]
 
 
 def _perturbed(model):
