@@ -7,8 +7,10 @@ device type) and never changes silently: a backend that cannot run on the given 
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+from types import ModuleType
 
 import torch
 
@@ -17,6 +19,7 @@ ENV_VAR = "SSMKIT_BACKEND"
 
 logger = logging.getLogger("ssmkit.kernels")
 _logged: set[tuple[str, str, str]] = set()
+_modules: dict[str, ModuleType] = {}
 
 
 def triton_interpret() -> bool:
@@ -54,3 +57,14 @@ def resolve_backend(op: str, backend: str, device: torch.device) -> str:
         _logged.add(key)
         logger.info("ssmkit: %s uses backend %r for %s tensors (%s)", op, backend, device.type, source)
     return backend
+
+
+def backend_module(package: str, module: str) -> ModuleType:
+    """The backend module ``package.module`` (e.g. ``ssmkit.kernels.linear_scan.cpu``), imported on first use so that
+    numba and triton load only when asked for, then cached: later calls import nothing, so that ``torch.compile``
+    (which does not trace ``importlib``) does not break the graph at every call."""
+    name = f"{package}.{module}"
+    loaded = _modules.get(name)
+    if loaded is None:
+        loaded = _modules[name] = importlib.import_module(name)
+    return loaded

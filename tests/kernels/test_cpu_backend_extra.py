@@ -221,7 +221,8 @@ def test_torch_compile_of_code_calling_the_cpu_kernels():
     """torch.compile of a model on the ``cpu`` backend (fused Mamba path, both scans) matches eager, with grads.
 
     Dynamo cannot trace into numba; the CPU entry points are compiler-disabled, so the graph breaks around them
-    instead of dynamo tracing into numba's dispatcher (which raised on a first call, or broke the graph inside it).
+    instead of dynamo tracing into numba's dispatcher (which raised on a first call, or broke the graph inside it),
+    and the backends are looked up without an import at every call (``importlib`` broke the graph each time).
     """
     from ssmkit.core import Mamba
 
@@ -238,9 +239,10 @@ def test_torch_compile_of_code_calling_the_cpu_kernels():
     inputs = [torch.randn(2, 6, 8, generator=g), torch.randn(2, 6, 8, generator=g)]
     eager = [t.clone().requires_grad_(True) for t in inputs]
     compiled = [t.clone().requires_grad_(True) for t in inputs]
-    explanation = torch._dynamo.explain(loss)(*inputs)  # traced into numba's dispatcher before the fix (and failed)
-    traced_files = {frame.filename for reason in explanation.break_reasons for frame in reason.user_stack}
-    assert not [f for f in traced_files if "numba" in f], f"dynamo traced into numba: {sorted(traced_files)}"
+    loss(*inputs)  # backends imported, kernels compiled: what follows is the steady state
+    explanation = torch._dynamo.explain(loss)(*inputs)
+    reasons = [str(reason.reason).splitlines()[0] for reason in explanation.break_reasons]
+    assert all("torch.compiler.disable" in reason for reason in reasons), reasons  # breaks at the entry points only
     loss(*eager).backward()
     eager_weight_grad = mixer.in_proj.weight.grad.clone()
     mixer.zero_grad()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from .._backend import resolve_backend
+from .._backend import backend_module, resolve_backend
 from .._validate import check_lengths, check_tensor
 
 __all__ = ["linear_scan"]
@@ -50,6 +48,6 @@ def linear_scan(
         check_tensor("initial_state", initial_state, (batch, dim), a.device, _OP)
     lengths = check_lengths(lengths, batch, seqlen, a.device, _OP)
     name = resolve_backend(_OP, backend, a.device)
-    module = importlib.import_module(f"{__name__}.{MODULES[name]}")
+    module = backend_module(__name__, MODULES[name])
     h, final_state = module.linear_scan(a, b, initial_state, bool(reverse), lengths)
     return (h, final_state) if return_final_state else h

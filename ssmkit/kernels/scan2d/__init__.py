@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from .._backend import resolve_backend
+from .._backend import backend_module, resolve_backend
 from .._validate import check_tensor
 
 __all__ = ["scan2d"]
@@ -74,7 +72,7 @@ def scan2d(
     if initial_state is not None:
         check_tensor("initial_state", initial_state, (batch, 2, nvars, dim), device, _OP)
     name = resolve_backend(_OP, backend, device)
-    module = importlib.import_module(f"{__name__}.{MODULES[name]}")
+    module = backend_module(__name__, MODULES[name])
     h1, h2 = module.scan2d(a1, a2, a3, a4, u1, u2, initial_state, bool(reverse))
     if not return_final_state:
         return h1, h2

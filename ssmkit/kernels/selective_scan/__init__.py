@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-
 import torch
 
-from .._backend import resolve_backend
+from .._backend import backend_module, resolve_backend
 from .._validate import check_lengths, check_tensor
 
 __all__ = ["selective_scan"]
@@ -16,16 +14,6 @@ _OP = "selective_scan"
 
 # backend name -> module; the torch backend lives in ``pytorch.py`` so that importing it cannot shadow ``torch``
 MODULES = {"naive": "naive", "torch": "pytorch", "cpu": "cpu", "triton": "triton"}
-
-
-_LOADED: dict = {}
-
-
-def _backend_module(name: str):
-    module = _LOADED.get(name)
-    if module is None:
-        module = _LOADED[name] = importlib.import_module(f"{__name__}.{MODULES[name]}")
-    return module
 
 
 def _well_formed(u, delta, A, B, C, D, z, delta_bias, initial_state) -> bool:
@@ -131,7 +119,7 @@ def selective_scan(
     name = resolve_backend(_OP, backend, device)
     if B.dim() == 3:
         B, C = B.unsqueeze(2), C.unsqueeze(2)  # [B, L, 1, N]
-    y, final_state = _backend_module(name).selective_scan(
+    y, final_state = backend_module(__name__, MODULES[name]).selective_scan(
         u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), initial_state, bool(reverse), lengths
     )
     return (y, final_state) if return_final_state else y
