@@ -16,13 +16,25 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["SequentialModel", "gather_last"]
+__all__ = ["SequentialModel", "gather_last", "recbole_init"]
 
 
 def gather_last(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """x [B, L, D] -> x[b, lengths[b] - 1] [B, D] (RecBole ``gather_indexes``)."""
     index = (lengths - 1)[:, None, None].expand(-1, 1, x.shape[-1])  # [B, 1, D]
     return x.gather(1, index)[:, 0]  # [B, D]
+
+
+def recbole_init(module: nn.Module) -> None:
+    """RecBole's ``_init_weights`` (SASRec, BERT4Rec, Mamba4Rec), for ``model.apply``: Linear and Embedding weights
+    ~ N(0, 0.02), Linear biases 0, LayerNorm weight 1 and bias 0 (the PAD row is drawn too, as in RecBole)."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
 
 
 class SequentialModel(nn.Module):

@@ -30,7 +30,7 @@ from torch import nn
 
 from ssmkit.core.registry import register_model
 
-from . import SequentialModel, gather_last
+from . import SequentialModel, gather_last, recbole_init
 from .sasrec import TransformerEncoder
 
 
@@ -69,17 +69,7 @@ class BERT4Rec(SequentialModel):
                                               attn_dropout=attn_dropout, eps=layer_norm_eps)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = nn.Dropout(hidden_dropout)
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        self.apply(recbole_init)
 
     def _embed(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """item_seq [B, L] (ids, MASK allowed) -> embedded input [B, L, H] and the additive key mask [B, 1, 1, L]."""

@@ -26,7 +26,7 @@ from ssmkit.core.checkpoint import register_converter, select_state_dict
 from ssmkit.core.mixers import Mamba
 from ssmkit.core.registry import register_model
 
-from . import SequentialModel, gather_last
+from . import SequentialModel, gather_last, recbole_init
 
 
 class FeedForward(nn.Module):
@@ -93,18 +93,7 @@ class Mamba4Rec(SequentialModel):
         self.dropout = nn.Dropout(dropout)
         self.mamba_layers = nn.ModuleList(
             MambaLayer(hidden_size, d_state, d_conv, expand, dropout, n_layers, backend) for _ in range(n_layers))
-        self.apply(self._init_weights)
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        # The official init, applied after Mamba built its own: it overrides Mamba's Linear and dt_proj init.
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        elif isinstance(module, nn.LayerNorm):
-            nn.init.ones_(module.weight)
-            nn.init.zeros_(module.bias)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        self.apply(recbole_init)  # the official init, after Mamba built its own: overrides its Linear and dt_proj init
 
     def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """item_seq [B, L], lengths [B] -> the state at position lengths - 1 [B, hidden]."""
