@@ -3,7 +3,9 @@
 ``SequentialModel`` is the contract they share (RecBole's ``SequentialRecommender`` API in our names):
 ``forward(item_seq [B, L], lengths [B]) -> [B, hidden]`` (the state at the last valid position of right-padded
 rows), ``full_sort_scores`` (scores of every item, PAD included, as RecBole's ``full_sort_predict``) and
-``recommend(history, k)``. Each subclass defines ``item_embedding`` (tied output layer) and ``encode``.
+``recommend(history, k)``. Each subclass defines ``item_embedding`` (tied output layer) and ``encode``; one with its
+own training objective also defines ``training_loss(item_seq, lengths, target)`` (BERT4Rec's masked items), which
+``SequentialRecommender`` then uses instead of CE on ``full_sort_scores``.
 Training (RecBole's prefix augmentation) only ever reads the last valid position, so the models run their last
 position-wise stage (FFN, and the last attention query in SASRec) on that position alone: the same function, far
 less work.
