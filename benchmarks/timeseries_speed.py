@@ -10,6 +10,7 @@ validation, no checkpoint or logger) of the cpu backend with the module and data
 Usage:
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/timeseries_speed.py                # cpu, naive, torch
     python benchmarks/timeseries_speed.py --backends cpu,naive --out /tmp/ts_speed                 # elsewhere
+    python benchmarks/timeseries_speed.py --backends cpu,naive --bf16      # + a bfloat16 mixed-precision row
 
 Writes ``benchmarks/results/timeseries_speed-cpu.json`` and ``.md`` (atomically).
 """
@@ -63,8 +64,12 @@ def build(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam: bool)
     return model, optimizer
 
 
-def train_epoch(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam: bool = False) -> dict:
-    """One epoch of the plain training loop; returns wall / process seconds, steps, mean loss and val MSE."""
+def train_epoch(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam: bool = False,
+                bf16: bool = False) -> dict:
+    """One epoch of the plain training loop; returns wall / process seconds, steps, mean loss and val MSE.
+
+    ``bf16`` runs the training forward under ``torch.autocast("cpu", torch.bfloat16)`` (mixed precision: bfloat16
+    matrix products, float32 weights, optimizer and validation)."""
     model, optimizer = build(cfg, data, backend, fused_adam)
     pred_len = cfg["data"]["pred_len"]
     torch.manual_seed(cfg["seed_everything"])  # the same shuffling and dropout masks for every backend
@@ -74,7 +79,9 @@ def train_epoch(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam:
     wall, cpu = time.perf_counter(), time.process_time()
     for batch in loader:
         optimizer.zero_grad(set_to_none=True)
-        loss = F.mse_loss(model(batch["x"], batch["x_mark"]), batch["y"][:, -pred_len:])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            pred = model(batch["x"], batch["x_mark"])  # [B, S, N]
+        loss = F.mse_loss(pred.float(), batch["y"][:, -pred_len:])
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
@@ -86,7 +93,8 @@ def train_epoch(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam:
             err = model(batch["x"], batch["x_mark"]) - batch["y"][:, -pred_len:]  # [B, S, N]
             se += float(err.double().square().sum())
             count += err.numel()
-    return dict(backend=backend + (" + fused Adam" if fused_adam else ""), wall_s=wall, process_s=cpu,
+    return dict(backend=backend + (" + fused Adam" if fused_adam else "") + (" + bf16 autocast" if bf16 else ""),
+                wall_s=wall, process_s=cpu,
                 steps=len(losses), process_ms_per_step=1e3 * cpu / len(losses),
                 train_loss=float(torch.stack(losses).double().mean()), val_mse=se / count)
 
@@ -171,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=1, help="torch and numba threads")
     parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning epoch")
     parser.add_argument("--no-fused-adam", action="store_true", help="skip the cpu + fused Adam row")
+    parser.add_argument("--bf16", action="store_true", help="add a cpu + fused Adam + bf16 autocast row")
     parser.add_argument("--out", default=str(RESULTS), help="output path without suffix (.json and .md are written)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -188,6 +197,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(rows[-1]), flush=True)
     if "cpu" in backends and not args.no_fused_adam:
         rows.append(train_epoch(cfg, data, "cpu", fused_adam=True))
+        print(json.dumps(rows[-1]), flush=True)
+    if "cpu" in backends and args.bf16:
+        rows.append(train_epoch(cfg, data, "cpu", fused_adam=True, bf16=True))
         print(json.dumps(rows[-1]), flush=True)
     if not args.no_lightning:
         rows.append(lightning_epoch(cfg))

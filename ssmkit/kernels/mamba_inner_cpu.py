@@ -36,12 +36,24 @@ from .selective_scan.cpu import gate_np, scan_backward_np, scan_forward_np
 __all__ = ["mamba_inner_cpu"]
 
 
-def _linear_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """out [M, O] = x [M, I] @ weight [O, I]^T (+ bias [O]), written in place."""
-    if bias is None:
-        torch.mm(x, weight.t(), out=out)
-    else:
-        torch.addmm(bias, x, weight.t(), out=out)
+def _mm(a: torch.Tensor, b: torch.Tensor, low: torch.dtype | None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a [M, K] @ b [K, O] in float32, or with both factors cast to ``low`` (bfloat16 under autocast) and the
+    product returned in float32; written into ``out`` when given."""
+    if low is None:
+        return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
+    product = torch.mm(a.to(low), b.to(low))  # [M, O] in ``low``
+    return product.float() if out is None else out.copy_(product)
+
+
+def _linear_into(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 low: torch.dtype | None) -> None:
+    """out [M, O] = x [M, I] @ weight [O, I]^T (+ bias [O]), written in place (products in ``low`` if set)."""
+    if low is None and bias is not None:
+        torch.addmm(bias, x, weight.t(), out=out)  # as F.linear rounds it
+        return
+    _mm(x, weight.t(), low, out=out)
+    if bias is not None:
+        out.add_(bias)
 
 
 def _bc_arrays(x_dbl: torch.Tensor, dt_rank: int, dstate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,15 +65,18 @@ def _bc_arrays(x_dbl: torch.Tensor, dt_rank: int, dstate: int) -> tuple[np.ndarr
 
 class _MambaInnerCPU(torch.autograd.Function):
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu")
     def forward(ctx, h, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A, D,
-                out_weight, out_bias, lengths, reverse):
+                out_weight, out_bias, lengths, reverse, low):
         match_torch_threads()
+        ctx.h_dtype, ctx.low = h.dtype, low
+        h = h.float()
         batch, seqlen, _ = h.shape
         dim, dt_rank, dstate = dt_weight.shape[0], dt_weight.shape[1], A.shape[1]
         h2 = h.reshape(batch * seqlen, -1)  # [M, d_model]
         xz = h.new_empty(2, batch, seqlen, dim)  # x and z, each contiguous [B, L, E]
-        _linear_into(xz[0].view(-1, dim), h2, in_weight[:dim], in_bias[:dim] if in_bias is not None else None)
-        _linear_into(xz[1].view(-1, dim), h2, in_weight[dim:], in_bias[dim:] if in_bias is not None else None)
+        _linear_into(xz[0].view(-1, dim), h2, in_weight[:dim], in_bias[:dim] if in_bias is not None else None, low)
+        _linear_into(xz[1].view(-1, dim), h2, in_weight[dim:], in_bias[dim:] if in_bias is not None else None, low)
         lengths_np = (np.full(batch, seqlen, dtype=np.int64) if lengths is None
                       else lengths.detach().to(torch.int64).contiguous().numpy())
         partial = bool((lengths_np < seqlen).any())
@@ -75,25 +90,29 @@ class _MambaInnerCPU(torch.autograd.Function):
                                                to_f32(D), xz[1].numpy(), None, lengths_np, True, bool(reverse),
                                                partial)
         del u, delta
-        out = F.linear(torch.from_numpy(y), out_weight, out_bias)  # [B, L, d_model]
+        out = h.new_empty(batch, seqlen, out_weight.shape[0])  # [B, L, d_model]
+        _linear_into(out.view(-1, out.shape[-1]), torch.from_numpy(y).view(-1, dim), out_weight, out_bias, low)
         ctx.save_for_backward(h, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, A, D,
                               out_weight, out_bias, xz, x_dbl, torch.from_numpy(p))
         ctx.kernel_state = (conv, scan, checkpoints)
         return out
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, gout):
         match_torch_threads()
         (h, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, A, D, out_weight, out_bias, xz,
          x_dbl, p) = ctx.saved_tensors
         conv, scan, checkpoints = ctx.kernel_state
+        low = ctx.low
+        gout = gout.float()
         batch, seqlen, dim = p.shape
         dt_rank, dstate = dt_weight.shape[1], A.shape[1]
         g2 = gout.reshape(batch * seqlen, -1)  # [M, d_model]
         x_np, z_np = xz[0].numpy(), xz[1].numpy()  # [B, L, E] each
-        d_out_weight, d_out_bias = _out_proj_grads(g2, p, xz[1])
+        d_out_weight, d_out_bias = _out_proj_grads(g2, p, xz[1], low)
         gz = p.new_empty(batch, seqlen, dim)  # the gradient of y, then (in place) dz [B, L, E]
-        torch.mm(g2, out_weight, out=gz.view(-1, dim))
+        _mm(g2, out_weight, low, out=gz.view(-1, dim))
         du = torch.from_numpy(conv_forward_np(x_np, *conv))  # u, then (in place) du [B, L, E]
         ddelta = F.linear(x_dbl[..., :dt_rank], dt_weight)  # delta, then (in place) ddelta [B, L, E]
         _, _, _, dA, dB, dC, dD, ddt_bias, _ = scan_backward_np(
@@ -104,7 +123,7 @@ class _MambaInnerCPU(torch.autograd.Function):
         del ddelta
         d_in_weight = in_weight.new_empty(in_weight.shape)  # [2E, d_model]
         h2 = h.reshape(batch * seqlen, -1)  # [M, d_model]
-        dh = _half_in_proj_grads(gz.view(-1, dim), h2, in_weight[dim:], d_in_weight[dim:])  # [M, d_model]
+        dh = _half_in_proj_grads(gz.view(-1, dim), h2, in_weight[dim:], d_in_weight[dim:], low)  # [M, d_model]
         d_in_bias_z = gz.view(-1, dim).sum(0) if in_bias is not None else None
         del gz
         u = torch.from_numpy(conv_forward_np(x_np, *conv))  # recomputed once more, for x_proj's weight gradient
@@ -112,21 +131,25 @@ class _MambaInnerCPU(torch.autograd.Function):
         del u
         du.view(-1, dim).addmm_(d_x_dbl, x_proj_weight)  # + the gradient through x_proj
         _, dtaps, d_conv_bias = conv_backward_np(x_np, *conv, gy=du.numpy(), dx=du.numpy())  # du becomes dx
-        dh.addmm_(du.view(-1, dim), in_weight[:dim])
-        torch.mm(du.view(-1, dim).t(), h2, out=d_in_weight[:dim])
+        if low is None:
+            dh.addmm_(du.view(-1, dim), in_weight[:dim])
+        else:
+            dh.add_(_mm(du.view(-1, dim), in_weight[:dim], low))
+        _mm(du.view(-1, dim).t(), h2, low, out=d_in_weight[:dim])
         d_in_bias = torch.cat([du.view(-1, dim).sum(0), d_in_bias_z]) if in_bias is not None else None
         d_conv_weight = torch.from_numpy(dtaps).t().reshape(conv_weight.shape)  # [E, 1, W]
-        return (dh.view(h.shape), d_in_weight, d_in_bias, d_conv_weight,
+        return (dh.view(h.shape).to(ctx.h_dtype), d_in_weight, d_in_bias, d_conv_weight,
                 torch.from_numpy(d_conv_bias) if conv_bias is not None else None, d_x_proj_weight, d_dt_weight,
                 torch.from_numpy(ddt_bias), torch.from_numpy(dA), torch.from_numpy(dD), d_out_weight,
-                d_out_bias if out_bias is not None else None, None, None)
+                d_out_bias if out_bias is not None else None, None, None, None)
 
 
-def _out_proj_grads(g2: torch.Tensor, p: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _out_proj_grads(g2: torch.Tensor, p: torch.Tensor, z: torch.Tensor,
+                    low: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
     """out_proj's weight [d_model, E] and bias [d_model] gradients from g2 [M, d_model], recomputing
     y = p * silu(z) [B, L, E] (freed on return)."""
     y = torch.from_numpy(gate_np(p.numpy(), z.numpy()))  # [B, L, E]
-    return torch.mm(g2.t(), y.view(-1, y.shape[-1])), g2.sum(0)
+    return _mm(g2.t(), y.view(-1, y.shape[-1]), low), g2.sum(0)
 
 
 def _x_dbl_grad(ddelta: torch.Tensor, x_dbl: torch.Tensor, dt_weight: torch.Tensor, dB: np.ndarray,
@@ -146,12 +169,12 @@ def _x_dbl_grad(ddelta: torch.Tensor, x_dbl: torch.Tensor, dt_weight: torch.Tens
     return d_x_dbl, (dt2.t() @ g2).t()
 
 
-def _half_in_proj_grads(g: torch.Tensor, h2: torch.Tensor, weight: torch.Tensor,
-                        d_weight: torch.Tensor) -> torch.Tensor:
+def _half_in_proj_grads(g: torch.Tensor, h2: torch.Tensor, weight: torch.Tensor, d_weight: torch.Tensor,
+                        low: torch.dtype | None) -> torch.Tensor:
     """For one half of in_proj: writes its weight gradient g^T h2 [E, d_model] into ``d_weight`` and returns the
     input gradient g [M, E] @ weight [E, d_model] (a new [M, d_model] tensor)."""
-    torch.mm(g.t(), h2, out=d_weight)
-    return g @ weight
+    _mm(g.t(), h2, low, out=d_weight)
+    return _mm(g, weight, low)
 
 
 @torch.compiler.disable  # dynamo must not trace into numba
@@ -159,10 +182,11 @@ def mamba_inner_cpu(h: torch.Tensor, in_weight: torch.Tensor, in_bias: torch.Ten
                     conv_bias: torch.Tensor | None, x_proj_weight: torch.Tensor, dt_weight: torch.Tensor,
                     dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor, out_weight: torch.Tensor,
                     out_bias: torch.Tensor | None, lengths: torch.Tensor | None = None,
-                    reverse: bool = False) -> torch.Tensor:
+                    reverse: bool = False, matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Mamba-1's in_proj -> conv1d + SiLU -> x_proj -> dt_proj -> selective scan (softplus, gate z) -> out_proj.
 
-    Float32 CPU tensors only (validated by the caller, ``ssmkit.core.mixers.Mamba``). Equal up to float rounding to
+    Float32 CPU weights (validated by the caller, ``ssmkit.core.mixers.Mamba``); h float32, or any float dtype
+    when ``matmul_dtype`` is set. Equal up to float rounding to
     the composition of ``F.linear``, ``causal_conv1d`` (``anticausal_conv1d`` with ``reverse``) and ``selective_scan``
     (module docstring), with less memory kept for the backward.
 
@@ -176,9 +200,13 @@ def mamba_inner_cpu(h: torch.Tensor, in_weight: torch.Tensor, in_bias: torch.Ten
         out_weight: [d_out, E]; out_bias: [d_out] or None.
         lengths: [B] integers in [1, L] (checked by the caller) or None.
         reverse: anti-causal convolution and right-to-left scan.
+        matmul_dtype: None (float32 throughout), or the autocast dtype (bfloat16): then the products of in_proj and
+            out_proj and their gradients (the large ones) take factors in that dtype and return float32, as
+            ``torch.autocast`` runs ``F.linear``; x_proj, dt_proj, the convolution and the scan stay in float32.
 
     Returns:
-        [B, L, d_out], differentiable in h and every weight (not in lengths).
+        [B, L, d_out] float32, differentiable in h (gradient in h's dtype) and every weight (not in lengths).
     """
-    return _MambaInnerCPU.apply(h, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias, A, D,
-                                out_weight, out_bias, lengths, bool(reverse))
+    with torch.autocast("cpu", enabled=False):  # the dtypes are chosen here, not by an enclosing autocast
+        return _MambaInnerCPU.apply(h, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, dt_bias,
+                                    A, D, out_weight, out_bias, lengths, bool(reverse), matmul_dtype)

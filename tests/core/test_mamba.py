@@ -374,10 +374,47 @@ def test_fused_cpu_path_equals_composed_path(monkeypatch, reverse, with_lengths)
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("input_dtype", [torch.float32, torch.bfloat16])
+def test_fused_cpu_path_under_bf16_autocast_matches_the_composed_path(monkeypatch, input_dtype):
+    """Under CPU autocast to bfloat16 the fused path multiplies in_proj / out_proj in bfloat16 (as autocast runs
+    F.linear) and stays float32 elsewhere: output and gradients agree with the composed path under the same autocast
+    to bfloat16 accuracy (relative RMS <= 1e-2), the input gradient comes back in the input's dtype."""
+    torch.manual_seed(0)
+    mixer = Mamba(32, d_state=4, bias=True, backend="cpu")
+    x = torch.randn(4, 21, 32).to(input_dtype).requires_grad_(True)
+    gout = torch.randn(4, 21, 32)
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = mixer(x)
+        return out.float(), torch.autograd.grad(out, [x, *mixer.parameters()], gout.to(out.dtype))
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mixer._fused_cpu(x)
+    fused, fused_grads = run()
+    assert fused_grads[0].dtype == input_dtype
+    assert all(g.dtype == torch.float32 for g in fused_grads[1:])
+    monkeypatch.setattr(Mamba, "_fused_cpu", lambda self, x: False)
+    composed, composed_grads = run()
+
+    def rel_rms(got, ref):
+        got, ref = got.detach().double(), ref.detach().double()
+        return float((got - ref).square().mean().sqrt() / ref.square().mean().sqrt().clamp_min(1e-12))
+
+    assert rel_rms(fused, composed) <= 1e-2
+    names = ["x", *(name for name, _ in mixer.named_parameters())]
+    for name, got, ref in zip(names, fused_grads, composed_grads):
+        assert rel_rms(got, ref) <= 1e-2, name
+
+
 def test_fused_cpu_path_only_serves_float32_cpu_scan_backend():
     mixer = Mamba(8, d_state=4, backend="cpu")
     x = torch.randn(1, 3, 8)
     assert mixer._fused_cpu(x)
     assert not Mamba(8, d_state=4, backend="torch")._fused_cpu(x)
     assert not mixer._fused_cpu(x.double())
-    assert not mixer.double()._fused_cpu(x.double())
+    assert not Mamba(8, d_state=4, backend="cpu").double()._fused_cpu(x.double())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert mixer._fused_cpu(x) and mixer._fused_cpu(x.bfloat16())
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not mixer._fused_cpu(x)

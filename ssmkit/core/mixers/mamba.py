@@ -280,8 +280,9 @@ class Mamba(nn.Module):
             out = mamba_inner_cpu(x, self.in_proj.weight, self.in_proj.bias, self.conv1d.weight, self.conv1d.bias,
                                   self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, -torch.exp(self.A_log),
                                   self.D, self.out_proj.weight, self.out_proj.bias,
-                                  check_lengths(lengths, batch, seqlen, x.device, "Mamba"),
-                                  self.reverse)  # [B, L, d_model]
+                                  check_lengths(lengths, batch, seqlen, x.device, "Mamba"), self.reverse,
+                                  matmul_dtype=torch.get_autocast_dtype("cpu")
+                                  if torch.is_autocast_enabled("cpu") else None)  # [B, L, d_model]
             return out if mask is None else out.masked_fill(~mask[:, :, None], 0.0)
         u, z = self.in_proj(x).chunk(2, dim=-1)  # [B, L, E] each
         if cache is None:
@@ -304,11 +305,17 @@ class Mamba(nn.Module):
         return out
 
     def _fused_cpu(self, x: torch.Tensor) -> bool:
-        """Whether ``ssmkit.kernels.mamba_inner_cpu`` serves this call: the ``cpu`` scan backend on float32 CPU
-        tensors (input and every parameter), outside autocast. It computes the same function as the composed path
-        (outputs bit for bit in the tests, gradients up to rounding) and keeps about a third of its memory for the
-        backward, as mamba_ssm's ``mamba_inner_fn`` does on CUDA."""
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+        """Whether ``ssmkit.kernels.mamba_inner_cpu`` serves this call: the ``cpu`` scan backend on CPU tensors,
+        float32 parameters and a float32 input, or, under CPU autocast to bfloat16, an input in float32 or bfloat16
+        (then in_proj and out_proj multiply in bfloat16, as autocast would). It computes the same function as the
+        composed path (outputs bit for bit in the tests, gradients up to rounding) and keeps about a third of its
+        memory for the backward, as mamba_ssm's ``mamba_inner_fn`` does on CUDA."""
+        if x.device.type != "cpu":
+            return False
+        if torch.is_autocast_enabled("cpu"):
+            if torch.get_autocast_dtype("cpu") != torch.bfloat16 or x.dtype not in (torch.float32, torch.bfloat16):
+                return False
+        elif x.dtype != torch.float32:
             return False
         if any(p.dtype != torch.float32 for p in self.parameters()):
             return False
