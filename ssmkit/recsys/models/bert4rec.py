@@ -26,15 +26,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ssmkit.core.registry import register_model
 
-from . import SequentialModel, gather_last, recbole_init
-from .sasrec import TransformerEncoder
+from . import gather_last
+from .sasrec import TransformerRecommender
 
 
-class BERT4Rec(SequentialModel):
+class BERT4Rec(TransformerRecommender):
     """BERT4Rec with RecBole's defaults.
 
     Args:
@@ -50,34 +49,20 @@ class BERT4Rec(SequentialModel):
     def __init__(self, n_items: int, hidden_size: int = 64, n_layers: int = 2, n_heads: int = 2,
                  inner_size: int = 256, hidden_dropout: float = 0.2, attn_dropout: float = 0.2, max_len: int = 50,
                  mask_ratio: float = 0.2, ft_ratio: float = 0.5, layer_norm_eps: float = 1e-12) -> None:
-        super().__init__()
-        if not isinstance(n_items, int) or n_items < 2:
-            raise ValueError(f"BERT4Rec: n_items must be an int >= 2 (PAD + at least one item), found {n_items!r}")
         for name, value in (("mask_ratio", mask_ratio), ("ft_ratio", ft_ratio)):
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"BERT4Rec: {name} must lie in [0, 1], found {value!r}")
         if int(mask_ratio * max_len) < 1:
             raise ValueError(f"BERT4Rec: mask_ratio * max_len must be >= 1 (positions predicted per row), found "
                              f"{mask_ratio} * {max_len}")
-        self.n_items, self.max_len, self.hidden_size = n_items, max_len, hidden_size
+        super().__init__(n_items, hidden_size, n_layers, n_heads, inner_size, hidden_dropout, attn_dropout, max_len,
+                         layer_norm_eps, extra_tokens=1)  # + the MASK row
         self.mask_token, self.mask_ratio, self.ft_ratio = n_items, mask_ratio, ft_ratio
         self.mask_item_length = int(mask_ratio * max_len)
-        self.item_embedding = nn.Embedding(n_items + 1, hidden_size, padding_idx=0)  # + the MASK row
-        self.position_embedding = nn.Embedding(max_len, hidden_size)
-        self.trm_encoder = TransformerEncoder(n_layers, n_heads=n_heads, hidden_size=hidden_size,
-                                              inner_size=inner_size, hidden_dropout=hidden_dropout,
-                                              attn_dropout=attn_dropout, eps=layer_norm_eps)
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout)
-        self.apply(recbole_init)
 
     def _embed(self, item_seq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """item_seq [B, L] (ids, MASK allowed) -> embedded input [B, L, H] and the additive key mask [B, 1, 1, L]."""
-        length = item_seq.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"BERT4Rec: item_seq has length {length}, more than max_len={self.max_len} positions")
-        positions = torch.arange(length, device=item_seq.device)  # [L]
-        x = self.dropout(self.LayerNorm(self.item_embedding(item_seq) + self.position_embedding(positions)))
+        x = self.embed(item_seq)  # [B, L, H]
         mask = torch.zeros(item_seq.shape, dtype=x.dtype, device=x.device).masked_fill(item_seq == 0, -10000.0)
         return x, mask[:, None, None, :]  # [B, L, H], [B, 1, 1, L]
 

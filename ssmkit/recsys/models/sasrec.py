@@ -85,7 +85,45 @@ class TransformerEncoder(nn.Module):
         self.layer = nn.ModuleList(TransformerLayer(**layer_kwargs) for _ in range(n_layers))
 
 
-class SASRec(SequentialModel):
+class TransformerRecommender(SequentialModel):
+    """RecBole's Transformer recommender body, shared by SASRec and BERT4Rec: item + learned position embedding ->
+    LayerNorm -> dropout (``embed``), then ``n_layers`` post-norm layers (``trm_encoder``), N(0, 0.02) init.
+
+    Args:
+        n_items: item vocabulary size including PAD.
+        hidden_size, n_layers, n_heads, inner_size, hidden_dropout, attn_dropout, layer_norm_eps: as RecBole's.
+        max_len: longest history (size of the position embedding).
+        extra_tokens: embedding rows after the items (BERT4Rec's MASK token).
+    """
+
+    def __init__(self, n_items: int, hidden_size: int, n_layers: int, n_heads: int, inner_size: int,
+                 hidden_dropout: float, attn_dropout: float, max_len: int, layer_norm_eps: float,
+                 extra_tokens: int = 0) -> None:
+        super().__init__()
+        if not isinstance(n_items, int) or n_items < 2:
+            raise ValueError(f"{type(self).__name__}: n_items must be an int >= 2 (PAD + at least one item), found "
+                             f"{n_items!r}")
+        self.n_items, self.max_len, self.hidden_size = n_items, max_len, hidden_size
+        self.item_embedding = nn.Embedding(n_items + extra_tokens, hidden_size, padding_idx=0)
+        self.position_embedding = nn.Embedding(max_len, hidden_size)
+        self.trm_encoder = TransformerEncoder(n_layers, n_heads=n_heads, hidden_size=hidden_size,
+                                              inner_size=inner_size, hidden_dropout=hidden_dropout,
+                                              attn_dropout=attn_dropout, eps=layer_norm_eps)
+        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.apply(recbole_init)
+
+    def embed(self, item_seq: torch.Tensor) -> torch.Tensor:
+        """item_seq [B, L] (L <= max_len) -> dropout(LayerNorm(item + position embedding)) [B, L, H]."""
+        length = item_seq.shape[1]
+        if length > self.max_len:
+            raise ValueError(f"{type(self).__name__}: item_seq has length {length}, more than "
+                             f"max_len={self.max_len} positions")
+        positions = torch.arange(length, device=item_seq.device)  # [L]
+        return self.dropout(self.LayerNorm(self.item_embedding(item_seq) + self.position_embedding(positions)))
+
+
+class SASRec(TransformerRecommender):
     """SASRec with RecBole's defaults.
 
     Args:
@@ -99,26 +137,13 @@ class SASRec(SequentialModel):
     def __init__(self, n_items: int, hidden_size: int = 64, n_layers: int = 2, n_heads: int = 2,
                  inner_size: int = 256, hidden_dropout: float = 0.5, attn_dropout: float = 0.5, max_len: int = 50,
                  layer_norm_eps: float = 1e-12) -> None:
-        super().__init__()
-        if not isinstance(n_items, int) or n_items < 2:
-            raise ValueError(f"SASRec: n_items must be an int >= 2 (PAD + at least one item), found {n_items!r}")
-        self.n_items, self.max_len, self.hidden_size = n_items, max_len, hidden_size
-        self.item_embedding = nn.Embedding(n_items, hidden_size, padding_idx=0)
-        self.position_embedding = nn.Embedding(max_len, hidden_size)
-        self.trm_encoder = TransformerEncoder(n_layers, n_heads=n_heads, hidden_size=hidden_size,
-                                              inner_size=inner_size, hidden_dropout=hidden_dropout,
-                                              attn_dropout=attn_dropout, eps=layer_norm_eps)
-        self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout)
-        self.apply(recbole_init)
+        super().__init__(n_items, hidden_size, n_layers, n_heads, inner_size, hidden_dropout, attn_dropout, max_len,
+                         layer_norm_eps)
 
     def encode(self, item_seq: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """item_seq [B, L] (L <= max_len), lengths [B] -> the state at position lengths - 1 [B, hidden]."""
         length = item_seq.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"SASRec: item_seq has length {length}, more than max_len={self.max_len} positions")
-        positions = torch.arange(length, device=item_seq.device)  # [L]
-        x = self.dropout(self.LayerNorm(self.item_embedding(item_seq) + self.position_embedding(positions)))
+        x = self.embed(item_seq)  # [B, L, H]
         allowed = torch.ones(length, length, dtype=torch.bool, device=item_seq.device).tril()  # [L, L]
         allowed = allowed & (item_seq > 0)[:, None, None, :]  # [B, 1, L, L]
         mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill(~allowed, -10000.0)
