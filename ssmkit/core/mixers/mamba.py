@@ -281,8 +281,8 @@ class Mamba(nn.Module):
                                   self.x_proj.weight, self.dt_proj.weight, self.dt_proj.bias, -torch.exp(self.A_log),
                                   self.D, self.out_proj.weight, self.out_proj.bias,
                                   check_lengths(lengths, batch, seqlen, x.device, "Mamba"), self.reverse,
-                                  matmul_dtype=torch.get_autocast_dtype("cpu")
-                                  if torch.is_autocast_enabled("cpu") else None)  # [B, L, d_model]
+                                  matmul_dtype=torch.bfloat16 if torch.is_autocast_enabled("cpu")
+                                  else None)  # [B, L, d_model]; _fused_cpu admits bfloat16 autocast only
             return out if mask is None else out.masked_fill(~mask[:, :, None], 0.0)
         u, z = self.in_proj(x).chunk(2, dim=-1)  # [B, L, E] each
         if cache is None:
