@@ -8,8 +8,8 @@
 """
 
 from .block import Backbone, Block
-from .drop import DropPath
+from .drop import Dropout, DropPath
 from .mixers import BiMamba, LightNetMixer, Mamba, MultiScanMamba
 from .norm import RMSNorm
 
-__all__ = ["Backbone", "BiMamba", "Block", "DropPath", "LightNetMixer", "Mamba", "MultiScanMamba", "RMSNorm"]
+__all__ = ["Backbone", "BiMamba", "Block", "DropPath", "Dropout", "LightNetMixer", "Mamba", "MultiScanMamba", "RMSNorm"]

@@ -378,7 +378,8 @@ def test_fused_cpu_path_equals_composed_path(monkeypatch, reverse, with_lengths)
 def test_fused_cpu_path_under_bf16_autocast_matches_the_composed_path(monkeypatch, input_dtype):
     """Under CPU autocast to bfloat16 the fused path multiplies in_proj / out_proj in bfloat16 (as autocast runs
     F.linear) and stays float32 elsewhere: output and gradients agree with the composed path under the same autocast
-    to bfloat16 accuracy (relative RMS <= 1e-2), the input gradient comes back in the input's dtype."""
+    to bfloat16 accuracy (relative RMS <= 1e-2), the output in bfloat16 as autocast's F.linear gives it, the input
+    gradient in the input's dtype."""
     torch.manual_seed(0)
     mixer = Mamba(32, d_state=4, bias=True, backend="cpu")
     x = torch.randn(4, 21, 32).to(input_dtype).requires_grad_(True)
@@ -387,7 +388,7 @@ def test_fused_cpu_path_under_bf16_autocast_matches_the_composed_path(monkeypatc
     def run():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = mixer(x)
-        return out.float(), torch.autograd.grad(out, [x, *mixer.parameters()], gout.to(out.dtype))
+        return out, torch.autograd.grad(out, [x, *mixer.parameters()], gout.to(out.dtype))
 
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert mixer._fused_cpu(x)
@@ -396,6 +397,7 @@ def test_fused_cpu_path_under_bf16_autocast_matches_the_composed_path(monkeypatc
     assert all(g.dtype == torch.float32 for g in fused_grads[1:])
     monkeypatch.setattr(Mamba, "_fused_cpu", lambda self, x: False)
     composed, composed_grads = run()
+    assert fused.dtype == composed.dtype == torch.bfloat16  # out_proj's output dtype under autocast
 
     def rel_rms(got, ref):
         got, ref = got.detach().double(), ref.detach().double()

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.core.checkpoint import register_converter
+from ssmkit.core.drop import Dropout
 from ssmkit.core.mixers import Mamba
 from ssmkit.core.registry import register_model
 
@@ -37,7 +38,7 @@ class SMambaLayer(nn.Module):
         self.ffn_out = nn.Linear(d_ff, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         if activation not in ("gelu", "relu"):
             raise ValueError(f"activation must be 'gelu' or 'relu', found {activation!r}")
         self.activation = F.gelu if activation == "gelu" else F.relu
@@ -68,7 +69,7 @@ class SMamba(nn.Module):
         super().__init__()
         self.seq_len, self.pred_len, self.n_vars, self.use_norm = seq_len, pred_len, n_vars, use_norm
         self.embed = nn.Linear(seq_len, d_model)
-        self.embed_dropout = nn.Dropout(dropout)
+        self.embed_dropout = Dropout(dropout)
         self.layers = nn.ModuleList(
             SMambaLayer(d_model, d_ff, d_state, d_conv, expand, dropout, activation, backend) for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
