@@ -11,7 +11,7 @@ The CPU counterpart of mamba_ssm's ``mamba_inner_fn`` (``mamba_ssm/ops/selective
     out   = out_proj(y)                                # [B, L, d_model]
 
 What the forward keeps for the backward, as mamba_ssm does: the input h, x and z (the ``xz`` buffer), x_dbl, the
-scan's output before the gate p and its state checkpoints (plus float32 copies of B and C, [B, L, N] each). The backward recomputes the elementwise or rank-R parts:
+scan's output before the gate p and its state checkpoints. The backward recomputes the elementwise or rank-R parts:
 u (the convolution, twice: for the scan, and for x_proj's weight gradient after the scan), delta (a rank-R product),
 the scan's step sizes (inside the kernel) and y = p * silu(z) (for out_proj's weight gradient). The matrix products
 of in_proj, x_proj and out_proj are not recomputed. Gradient buffers are reused in place: the gradient of y is
@@ -89,8 +89,7 @@ class _MambaInnerCPU(torch.autograd.Function):
         x_dbl = F.linear(u, x_proj_weight)  # [B, L, R + 2N]
         delta = F.linear(x_dbl[..., :dt_rank], dt_weight)  # [B, L, E]
         scan = (to_f32(dt_bias), to_f32(A))
-        bc = _bc_arrays(x_dbl, dt_rank, dstate)
-        y, p, _, checkpoints = scan_forward_np(u.numpy(), delta.numpy(), *scan, *bc,
+        y, p, _, checkpoints = scan_forward_np(u.numpy(), delta.numpy(), *scan, *_bc_arrays(x_dbl, dt_rank, dstate),
                                                to_f32(D), xz[1].numpy(), None, lengths_np, True, bool(reverse),
                                                partial)
         del u, delta
@@ -103,7 +102,7 @@ class _MambaInnerCPU(torch.autograd.Function):
             out = out.view(batch, seqlen, -1)  # [B, L, d_model]
         ctx.save_for_backward(h2, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, A, D,
                               out_weight, out_bias, xz, x_dbl, torch.from_numpy(p))
-        ctx.kernel_state = (conv, scan, bc, checkpoints, low_weights)
+        ctx.kernel_state = (conv, scan, checkpoints, low_weights)
         return out
 
     @staticmethod
@@ -112,10 +111,10 @@ class _MambaInnerCPU(torch.autograd.Function):
         match_torch_threads()
         (h2, in_weight, in_bias, conv_weight, conv_bias, x_proj_weight, dt_weight, A, D, out_weight, out_bias, xz,
          x_dbl, p) = ctx.saved_tensors
-        conv, scan, bc, checkpoints, low_weights = ctx.kernel_state
+        conv, scan, checkpoints, low_weights = ctx.kernel_state
         low = ctx.low
         batch, seqlen, dim = p.shape
-        dt_rank = dt_weight.shape[1]
+        dt_rank, dstate = dt_weight.shape[1], A.shape[1]
         g2 = gout.reshape(batch * seqlen, -1)  # [M, d_model]
         g2 = g2.float() if low is None else g2.to(low)
         x_np, z_np = xz[0].numpy(), xz[1].numpy()  # [B, L, E] each
@@ -129,7 +128,7 @@ class _MambaInnerCPU(torch.autograd.Function):
         du = torch.from_numpy(conv_forward_np(x_np, *conv))  # u, then (in place) du [B, L, E]
         ddelta = F.linear(x_dbl[..., :dt_rank], dt_weight)  # delta, then (in place) ddelta [B, L, E]
         _, _, _, dA, dB, dC, dD, ddt_bias, _ = scan_backward_np(
-            du.numpy(), ddelta.numpy(), *scan, *bc, to_f32(D), z_np, None, conv[2],
+            du.numpy(), ddelta.numpy(), *scan, *_bc_arrays(x_dbl, dt_rank, dstate), to_f32(D), z_np, None, conv[2],
             True, conv[3], p.numpy(), checkpoints, gz.numpy(), None, du=du.numpy(), ddelta=ddelta.numpy(),
             dz=gz.numpy())
         d_x_dbl, d_dt_weight = _x_dbl_grad(ddelta, x_dbl, dt_weight, dB, dC)

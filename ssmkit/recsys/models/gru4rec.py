@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssmkit.core.drop import Dropout
 from ssmkit.core.registry import register_model
 
 from . import SequentialModel, gather_last
@@ -35,7 +36,7 @@ class GRU4Rec(SequentialModel):
             raise ValueError(f"GRU4Rec: n_items must be an int >= 2 (PAD + at least one item), found {n_items!r}")
         self.n_items, self.max_len, self.hidden_size = n_items, max_len, embedding_size
         self.item_embedding = nn.Embedding(n_items, embedding_size, padding_idx=0)
-        self.emb_dropout = nn.Dropout(dropout)
+        self.emb_dropout = Dropout(dropout)
         self.gru_layers = nn.GRU(embedding_size, hidden_size, num_layers=n_layers, bias=False, batch_first=True)
         self.dense = nn.Linear(hidden_size, embedding_size)
         nn.init.xavier_normal_(self.item_embedding.weight)

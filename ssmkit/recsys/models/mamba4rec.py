@@ -23,6 +23,7 @@ from torch import nn
 
 from ssmkit.core.cache import MambaCache
 from ssmkit.core.checkpoint import register_converter, select_state_dict
+from ssmkit.core.drop import Dropout
 from ssmkit.core.mixers import Mamba
 from ssmkit.core.registry import register_model
 
@@ -36,7 +37,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.w_1 = nn.Linear(d_model, inner_size)
         self.w_2 = nn.Linear(inner_size, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.LayerNorm = nn.LayerNorm(d_model, eps=1e-12)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,7 +54,7 @@ class MambaLayer(nn.Module):
         super().__init__()
         self.residual = num_layers > 1
         self.mamba = Mamba(d_model, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.LayerNorm = nn.LayerNorm(d_model, eps=1e-12)
         self.ffn = FeedForward(d_model, 4 * d_model, dropout)
 
@@ -90,7 +91,7 @@ class Mamba4Rec(SequentialModel):
         self.n_items, self.max_len, self.hidden_size = n_items, max_len, hidden_size
         self.item_embedding = nn.Embedding(n_items, hidden_size, padding_idx=0)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=1e-12)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.mamba_layers = nn.ModuleList(
             MambaLayer(hidden_size, d_state, d_conv, expand, dropout, n_layers, backend) for _ in range(n_layers))
         self.apply(recbole_init)  # the official init, after Mamba built its own: overrides its Linear and dt_proj init

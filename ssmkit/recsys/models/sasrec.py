@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmkit.core.drop import Dropout
 from ssmkit.core.registry import register_model
 
 from . import SequentialModel, gather_last, recbole_init
@@ -32,10 +33,10 @@ class MultiHeadAttention(nn.Module):
         self.query = nn.Linear(hidden_size, hidden_size)
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
-        self.attn_dropout = nn.Dropout(attn_dropout)
+        self.attn_dropout = Dropout(attn_dropout)
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
-        self.out_dropout = nn.Dropout(hidden_dropout)
+        self.out_dropout = Dropout(hidden_dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, query: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, L, D], mask: additive [B, 1, Q, L] -> [B, Q, D]; queries are x (Q = L) or ``query`` [B, Q, D]."""
@@ -60,7 +61,7 @@ class FeedForward(nn.Module):
         self.dense_1 = nn.Linear(hidden_size, inner_size)
         self.dense_2 = nn.Linear(inner_size, hidden_size)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, L, D] -> [B, L, D]."""
@@ -110,7 +111,7 @@ class TransformerRecommender(SequentialModel):
                                               inner_size=inner_size, hidden_dropout=hidden_dropout,
                                               attn_dropout=attn_dropout, eps=layer_norm_eps)
         self.LayerNorm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.dropout = nn.Dropout(hidden_dropout)
+        self.dropout = Dropout(hidden_dropout)
         self.apply(recbole_init)
 
     def embed(self, item_seq: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssmkit.core.drop import Dropout
 from ssmkit.core.registry import register_model
 from ssmkit.kernels import scan2d
 
@@ -156,7 +157,7 @@ class Chimera(nn.Module):
             Chimera2DSSM(width, d_state, max(1, math.ceil(width / 16)), tuple(trend_dt), tuple(seasonal_dt), backend)
             for _ in range(n_layers))
         self.norm = nn.LayerNorm(width)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.head = nn.Linear(seq_len // patch_len * width, pred_len)
         self.linear = nn.Linear(seq_len, pred_len)
 

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssmkit.core.checkpoint import register_converter
+from ssmkit.core.drop import Dropout
 from ssmkit.core.registry import register_model
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ class ResidualMLP(nn.Module):
     def __init__(self, dim: int, dropout: float):
         super().__init__()
         self.linear = nn.Linear(dim, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [B, L, D] -> [B, L, D]."""
@@ -362,7 +363,7 @@ class SpaceTime(nn.Module):
                          preprocess=pre if i == 0 else None) for i in range(n_blocks))
         self.decoder = ClosedLoopCompanion(model_dim, kernel_dim, kernel_method)
         self.head = nn.Linear(model_dim, 1)
-        self.head_dropout = nn.Dropout(dropout)
+        self.head_dropout = Dropout(dropout)
 
     def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [B, n, N] -> decoder inputs [B*N, n, D] and the lag means [B*N, 1, 1] (zeros without the transform)."""
