@@ -58,6 +58,8 @@ from ssmkit.core.drop import Dropout
 from ssmkit.core.registry import register_model
 from ssmkit.kernels import scan2d
 
+from ._series import check_forecast_input, normalize_series
+
 
 def _dt_bias(dim: int, dt_min: float, dt_max: float) -> torch.Tensor:
     """Inverse softplus of dt ~ log-uniform [dt_min, dt_max] (Mamba's dt init), floored at 1e-4."""
@@ -179,15 +181,9 @@ class Chimera(nn.Module):
         Returns:
             [B, pred_len, N].
         """
-        if x.dim() != 3 or x.shape[1] != self.seq_len or x.shape[2] != self.n_vars:
-            raise ValueError(f"x must have shape [B, seq_len={self.seq_len}, n_vars={self.n_vars}], "
-                             f"found {list(x.shape)}")
-        if x_mark is not None and (x_mark.dim() != 3 or x_mark.shape[:2] != x.shape[:2]):
-            raise ValueError(f"x_mark must have shape [{x.shape[0]}, {self.seq_len}, F], found {list(x_mark.shape)}")
+        check_forecast_input(x, x_mark, self.seq_len, self.n_vars)
         if self.use_norm:
-            mean = x.mean(1, keepdim=True).detach()  # [B, 1, N]
-            std = torch.sqrt(torch.var(x - mean, dim=1, keepdim=True, unbiased=False) + 1e-5)  # [B, 1, N]
-            x = (x - mean) / std
+            x, mean, std = normalize_series(x)  # [B, L, N], [B, 1, N], [B, 1, N]
         trend, seasonal = self.decompose(x)  # [B, L, N] each
         grid = (x.shape[0], self.seq_len // self.patch_len, self.patch_len, self.n_vars)
         trend = trend.reshape(grid).transpose(2, 3)  # [B, T, V, P]

@@ -24,6 +24,8 @@ from ssmkit.core.drop import Dropout
 from ssmkit.core.mixers import Mamba
 from ssmkit.core.registry import register_model
 
+from ._series import check_forecast_input, normalize_series
+
 
 class SMambaLayer(nn.Module):
     """Bidirectional Mamba over tokens, then post-norm FFN (Conv1d k=1 in the official code == Linear)."""
@@ -85,16 +87,9 @@ class SMamba(nn.Module):
         Returns:
             [B, pred_len, N].
         """
-        if x.dim() != 3 or x.shape[1] != self.seq_len or x.shape[2] != self.n_vars:
-            raise ValueError(f"x must have shape [B, seq_len={self.seq_len}, n_vars={self.n_vars}], "
-                             f"found {list(x.shape)}")
-        if x_mark is not None and (x_mark.dim() != 3 or x_mark.shape[:2] != x.shape[:2]):
-            raise ValueError(f"x_mark must have shape [{x.shape[0]}, {self.seq_len}, F], found {list(x_mark.shape)}")
+        check_forecast_input(x, x_mark, self.seq_len, self.n_vars)
         if self.use_norm:
-            mean = x.mean(1, keepdim=True).detach()  # [B, 1, N]
-            x = x - mean
-            std = torch.sqrt(torch.var(x, dim=1, keepdim=True, unbiased=False) + 1e-5)  # [B, 1, N]
-            x = x / std
+            x, mean, std = normalize_series(x)  # [B, L, N], [B, 1, N], [B, 1, N]
         tokens = x if x_mark is None else torch.cat([x, x_mark], dim=2)  # [B, L, N (+F)]
         h = self.embed_dropout(self.embed(tokens.transpose(1, 2)))  # [B, T, E]
         for layer in self.layers:
