@@ -2,10 +2,11 @@
 
 The model, optimizer, data and batch size are those of ``configs/timeseries/s_mamba/ETTh1_96.yaml`` (bundled ETTh1,
 8449 training windows, batch 32, drop_last: 264 steps). For each backend the script builds the model from the same
-seed and times one epoch of the plain training loop (data loading, forward, MSE, backward, Adam step; no
-Lightning), then reports the mean training loss and the validation MSE after the epoch, so that the backends are
-seen to train the same model. It then times one full Lightning epoch (``Trainer.fit``, training only, no
-validation, no checkpoint or logger) of the cpu backend with the module and data module of the CLI.
+seed and times ``--epochs`` epochs of the plain training loop (data loading, forward, MSE, backward, Adam step; no
+Lightning), one by one; a row's epoch time is the median of them (the machine is shared: single epochs vary by
+10%). It reports the first epoch's mean training loss and the validation MSE after the last epoch, so that the
+backends are seen to train the same model. It then times ``--epochs`` Lightning epochs (``Trainer.fit``, training
+only, no validation, no checkpoint or logger) of the cpu backend with the module and data module of the CLI.
 
 Usage:
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/timeseries_speed.py                # cpu, naive, torch
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,9 +66,10 @@ def build(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam: bool)
     return model, optimizer
 
 
-def train_epoch(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam: bool = False,
-                bf16: bool = False) -> dict:
-    """One epoch of the plain training loop; returns wall / process seconds, steps, mean loss and val MSE.
+def train_epochs(cfg: dict, data: TimeSeriesDataModule, backend: str, epochs: int, fused_adam: bool = False,
+                 bf16: bool = False) -> dict:
+    """``epochs`` epochs of the plain training loop, each timed; returns the median epoch's wall / process seconds,
+    every epoch's process seconds, steps per epoch, the first epoch's mean loss and the val MSE after the last.
 
     ``bf16`` runs the training forward under ``torch.autocast("cpu", torch.bfloat16)`` (mixed precision: bfloat16
     matrix products, float32 weights, optimizer and validation)."""
@@ -75,17 +78,21 @@ def train_epoch(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam:
     torch.manual_seed(cfg["seed_everything"])  # the same shuffling and dropout masks for every backend
     loader = data.train_dataloader()
     model.train()
-    losses = []
-    wall, cpu = time.perf_counter(), time.process_time()
-    for batch in loader:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            pred = model(batch["x"], batch["x_mark"])  # [B, S, N]
-        loss = F.mse_loss(pred.float(), batch["y"][:, -pred_len:])
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.detach())
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    walls, cpus, first_losses = [], [], None
+    for _ in range(epochs):
+        losses = []
+        wall, cpu = time.perf_counter(), time.process_time()
+        for batch in loader:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                pred = model(batch["x"], batch["x_mark"])  # [B, S, N]
+            loss = F.mse_loss(pred.float(), batch["y"][:, -pred_len:])
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.detach())
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+        first_losses = losses if first_losses is None else first_losses
     model.eval()
     se, count = 0.0, 0
     with torch.no_grad():
@@ -94,14 +101,26 @@ def train_epoch(cfg: dict, data: TimeSeriesDataModule, backend: str, fused_adam:
             se += float(err.double().square().sum())
             count += err.numel()
     return dict(backend=backend + (" + fused Adam" if fused_adam else "") + (" + bf16 autocast" if bf16 else ""),
-                wall_s=wall, process_s=cpu,
-                steps=len(losses), process_ms_per_step=1e3 * cpu / len(losses),
-                train_loss=float(torch.stack(losses).double().mean()), val_mse=se / count)
+                wall_s=statistics.median(walls), process_s=statistics.median(cpus), epoch_process_s=cpus,
+                steps=len(first_losses), process_ms_per_step=1e3 * statistics.median(cpus) / len(first_losses),
+                train_loss=float(torch.stack(first_losses).double().mean()), val_mse=se / count)
 
 
-def lightning_epoch(cfg: dict) -> dict:
-    """One ``Trainer.fit`` epoch (training only) of the cpu backend with the CLI's module and data module."""
+def lightning_epochs(cfg: dict, epochs: int) -> dict:
+    """``epochs`` ``Trainer.fit`` epochs (training only) of the cpu backend with the CLI's module and data module;
+    the median epoch as in ``train_epochs``."""
     import lightning as L
+
+    class EpochTimer(L.Callback):
+        def __init__(self):
+            self.walls, self.cpus = [], []
+
+        def on_train_epoch_start(self, trainer, module):
+            self.start = (time.perf_counter(), time.process_time())
+
+        def on_train_epoch_end(self, trainer, module):
+            self.walls.append(time.perf_counter() - self.start[0])
+            self.cpus.append(time.process_time() - self.start[1])
 
     from ssmkit.timeseries.module import Forecaster
 
@@ -112,14 +131,16 @@ def lightning_epoch(cfg: dict) -> dict:
     module = Forecaster(**model_cfg, model_kwargs={**cfg["model"]["model_kwargs"], "backend": "cpu"},
                         seq_len=cfg["data"]["seq_len"], pred_len=cfg["data"]["pred_len"], n_vars=data.n_vars,
                         features=cfg["data"]["features"])
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    wall, cpu = time.perf_counter(), time.process_time()
+    timer = EpochTimer()
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, limit_val_batches=0, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[timer])
     trainer.fit(module, datamodule=data)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    steps = trainer.global_step
-    return dict(backend="cpu (Lightning Trainer.fit)", wall_s=wall, process_s=cpu, steps=steps,
-                process_ms_per_step=1e3 * cpu / max(steps, 1), train_loss=None, val_mse=None)
+    steps = trainer.global_step // epochs
+    cpu = statistics.median(timer.cpus)
+    return dict(backend="cpu (Lightning Trainer.fit)", wall_s=statistics.median(timer.walls), process_s=cpu,
+                epoch_process_s=timer.cpus, steps=steps, process_ms_per_step=1e3 * cpu / max(steps, 1),
+                train_loss=None, val_mse=None)
 
 
 def matmul_floor(cfg: dict, data: TimeSeriesDataModule, steps: int) -> dict:
@@ -146,11 +167,14 @@ def matmul_floor(cfg: dict, data: TimeSeriesDataModule, steps: int) -> dict:
 
 
 def markdown(result: dict) -> str:
-    head = (f"## S-Mamba ETTh1-96, one training epoch on {result['device']} ({result['threads']} thread(s), "
-            f"torch {result['torch']}, {result['date']})\n\nCommand: `{result['command']}`\n\n"
-            "| loop | backend | wall (s) | process (s) | steps | process ms / step | x naive (process) "
-            "| x official (41 s) / process | mean train loss | val MSE after 1 epoch |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
+    epochs = result["epochs"]
+    head = (f"## S-Mamba ETTh1-96, one training epoch (median of {epochs}) on {result['device']} "
+            f"({result['threads']} thread(s), torch {result['torch']}, {result['date']})\n\n"
+            f"Command: `{result['command']}`\n\n"
+            "| loop | backend | wall (s) | process (s) | each epoch, process (s) | steps | process ms / step "
+            "| x naive (process) | x official (41 s) / process | mean train loss, epoch 1 "
+            f"| val MSE after {epochs} epoch(s) |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n")
     naive = next((r["process_s"] for r in result["rows"] if r["backend"] == "naive"), None)
     lines = []
     for r in result["rows"]:
@@ -158,7 +182,8 @@ def markdown(result: dict) -> str:
         ratio = f"{naive / r['process_s']:.2f}" if naive and loop == "plain" else ""
         loss = "" if r["train_loss"] is None else f"{r['train_loss']:.5f}"
         val = "" if r["val_mse"] is None else f"{r['val_mse']:.5f}"
-        lines.append(f"| {loop} | {r['backend']} | {r['wall_s']:.2f} | {r['process_s']:.2f} | {r['steps']} | "
+        each = " / ".join(f"{t:.2f}" for t in r["epoch_process_s"])
+        lines.append(f"| {loop} | {r['backend']} | {r['wall_s']:.2f} | {r['process_s']:.2f} | {each} | {r['steps']} | "
                      f"{1e3 * r['process_s'] / r['steps']:.1f} | {ratio} | {OFFICIAL_EPOCH_S / r['process_s']:.2f} | "
                      f"{loss} | {val} |")
     note = ("\nThe machine's 2 cores are shared with other jobs, so wall time includes waiting for a core; process "
@@ -177,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", default="cpu,naive,torch", help="comma-separated scan backends")
     parser.add_argument("--threads", type=int, default=1, help="torch and numba threads")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs timed per row (a row reports the median)")
     parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning epoch")
     parser.add_argument("--no-fused-adam", action="store_true", help="skip the cpu + fused Adam row")
     parser.add_argument("--bf16", action="store_true", help="add a cpu + fused Adam + bf16 autocast row")
@@ -193,20 +219,21 @@ def main(argv: list[str] | None = None) -> dict:
         warm_model(batch["x"], batch["x_mark"]).sum().backward()
     rows = []
     for backend in backends:
-        rows.append(train_epoch(cfg, data, backend))
+        rows.append(train_epochs(cfg, data, backend, args.epochs))
         print(json.dumps(rows[-1]), flush=True)
     if "cpu" in backends and not args.no_fused_adam:
-        rows.append(train_epoch(cfg, data, "cpu", fused_adam=True))
+        rows.append(train_epochs(cfg, data, "cpu", args.epochs, fused_adam=True))
         print(json.dumps(rows[-1]), flush=True)
     if "cpu" in backends and args.bf16:
-        rows.append(train_epoch(cfg, data, "cpu", fused_adam=True, bf16=True))
+        rows.append(train_epochs(cfg, data, "cpu", args.epochs, fused_adam=True, bf16=True))
         print(json.dumps(rows[-1]), flush=True)
     if not args.no_lightning:
-        rows.append(lightning_epoch(cfg))
+        rows.append(lightning_epochs(cfg, args.epochs))
         print(json.dumps(rows[-1]), flush=True)
     floor = matmul_floor(cfg, data, rows[0]["steps"])
     print(json.dumps(floor), flush=True)
-    result = dict(device=device_name("cpu"), threads=args.threads, torch=torch.__version__, matmul_floor=floor,
+    result = dict(device=device_name("cpu"), threads=args.threads, epochs=args.epochs, torch=torch.__version__,
+                  matmul_floor=floor,
                   date=time.strftime("%Y-%m-%d"), machine="CPU, shared 2-core machine (other jobs running)",
                   omp_num_threads=os.environ.get("OMP_NUM_THREADS"), numba_num_threads=numba.get_num_threads(),
                   command=("python benchmarks/timeseries_speed.py " + " ".join(argv if argv is not None

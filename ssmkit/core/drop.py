@@ -47,31 +47,54 @@ class Dropout(nn.Dropout):
     """``nn.Dropout`` with the same output, gradient and random-number use, faster on the CPU.
 
     On the CPU, ``F.dropout`` fills a mask with ``bernoulli_(1 - p)``, which draws one float64 uniform u per element
-    (in the input's memory order) and keeps the element where u < 1 - p; then it divides the mask by 1 - p and
-    multiplies. Here the same uniforms come from ``uniform_`` on float64 chunks of at most ``CHUNK`` elements, taken
-    in the same memory order, which consumes the generator identically but runs faster (one thread, another job on
-    the second core: 0.49 ms instead of 0.72 ms for a float32 [32, 11, 256] input, 4.4 instead of 6.6 ms for
-    [256, 50, 64]) and adds no memory beyond nn.Dropout's mask but one chunk; then the same division and product
-    in the input's dtype. So a seeded run gives bit-identical results with either module (``tests/core/test_drop.py``).
-    Other devices, ``inplace`` and eval mode call ``F.dropout``.
+    (in the input's memory order) from the default generator and keeps the element where u < 1 - p; then it divides
+    the mask by 1 - p and multiplies. Here the same mask comes from ``ssmkit.kernels.bernoulli_cpu`` (the same
+    Mersenne Twister numbers in a vectorized kernel, the generator's state read and written back), then the same
+    division and product in the input's dtype. So a seeded run gives bit-identical outputs, gradients and generator
+    state with either module (``tests/core/test_drop.py``), and no memory beyond nn.Dropout's mask.
+
+    Speed (one thread): the mask of a float32 [32, 11, 256] input takes 70 us here against 520 us for
+    ``bernoulli_`` (``ssmkit/kernels/README.md``). Where the generator's state
+    layout is not the one the kernel knows, the mask comes from ``uniform_`` on float64 chunks of at most ``CHUNK``
+    elements in the same memory order: the same numbers again, at about 4 ns per element. Other devices,
+    ``inplace`` and eval mode call ``F.dropout``.
 
     Args:
         p: probability of zeroing an element, in [0, 1].
         inplace: as ``nn.Dropout`` (then ``F.dropout`` runs).
     """
 
-    CHUNK = 1 << 16  # float64 uniforms drawn at a time (512 KiB)
+    CHUNK = 1 << 16  # float64 uniforms drawn at a time by the fallback (512 KiB)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: any shape -> the same shape (dropped elements 0, kept ones scaled by 1 / (1 - p) in training)."""
-        if not self.training or self.p == 0.0 or self.p == 1.0 or self.inplace or x.device.type != "cpu" \
-                or not x.is_floating_point() or x.numel() == 0:
-            return F.dropout(x, self.p, self.training, self.inplace)
-        keep = 1.0 - self.p
-        noise = torch.empty_like(x)  # x's dtype and layout (dense), as F.dropout's mask
-        flat = noise.as_strided((noise.numel(),), (1,))  # its elements in memory order, the order bernoulli_ draws
-        uniform = torch.empty(min(self.CHUNK, flat.numel()), dtype=torch.float64)
-        for start in range(0, flat.numel(), self.CHUNK):
-            part = flat[start:start + self.CHUNK]
+        return dropout(x, self.p, self.training, self.inplace)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True, inplace: bool = False) -> torch.Tensor:
+    """``F.dropout`` with the same output, gradient and random-number use, faster on the CPU (see ``Dropout``).
+
+    Args:
+        x: any shape.
+        p: probability of zeroing an element, in [0, 1].
+        training: apply dropout (else return x).
+        inplace: as ``F.dropout`` (then ``F.dropout`` runs).
+
+    Returns:
+        The same shape: dropped elements 0, kept ones scaled by 1 / (1 - p).
+    """
+    if not training or p == 0.0 or p == 1.0 or inplace or x.device.type != "cpu" or not x.is_floating_point() \
+            or x.numel() == 0:
+        return F.dropout(x, p, training, inplace)
+    keep = 1.0 - p
+    noise = torch.empty_like(x)  # x's dtype and layout (dense), as F.dropout's mask
+    flat = noise.as_strided((noise.numel(),), (1,))  # its elements in memory order, the order bernoulli_ draws
+    from ssmkit.kernels.bernoulli_cpu import bernoulli_keep_  # numba, imported on first use
+
+    if not bernoulli_keep_(flat, keep):
+        chunk = Dropout.CHUNK
+        uniform = torch.empty(min(chunk, flat.numel()), dtype=torch.float64)
+        for start in range(0, flat.numel(), chunk):
+            part = flat[start:start + chunk]
             torch.lt(uniform[:part.numel()].uniform_(), keep, out=part)  # 1 where kept, in x's dtype
-        return x * noise.div_(keep)  # mask / (1 - p), rounded as F.dropout rounds it
+    return x * noise.div_(keep)  # mask / (1 - p), rounded as F.dropout rounds it

@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ssmkit.core import Dropout
+from ssmkit.core.drop import dropout
 
 
 def _run(module: nn.Module, x: torch.Tensor, seed: int):
@@ -42,3 +43,15 @@ def test_dropout_eval_and_edge_probabilities_follow_torch():
     assert isinstance(Dropout(0.1), nn.Dropout)
     with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
         Dropout(1.5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_functional_dropout_equals_f_dropout(training):
+    x = torch.randn(50, 70)
+    torch.manual_seed(1)
+    ref = torch.nn.functional.dropout(x, 0.3, training=training)
+    ref_state = torch.get_rng_state()
+    torch.manual_seed(1)
+    out = dropout(x, 0.3, training=training)
+    assert torch.equal(out, ref)
+    assert torch.equal(torch.get_rng_state(), ref_state)

@@ -18,6 +18,8 @@ from torch import Tensor, nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.nn import global_mean_pool
 
+from ssmkit.core.drop import Dropout
+
 from .validation import PE_ATTRIBUTES
 
 __all__ = ["EdgeEncoder", "NodeEncoder", "TaskHead", "check_model_args", "example_input"]
@@ -54,7 +56,7 @@ class NodeEncoder(nn.Module):
                  dropout: float = 0.0) -> None:
         super().__init__()
         self.pe_dim, self.pe_type = pe_dim, pe_type
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.proj = nn.Linear(in_channels + pe_dim, hidden)
 
     def forward(self, x: Tensor, pe: Tensor | None = None) -> Tensor:

@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torch_geometric.nn import BatchNorm
 from torch_geometric.utils import scatter
 
+from ssmkit.core.drop import dropout
+
 __all__ = ["GatedGCNLayer"]
 
 
@@ -63,11 +65,11 @@ class GatedGCNLayer(nn.Module):
         numerator = scatter(gate * self.B(x)[src], dst, dim=0, dim_size=x.shape[0], reduce="sum")  # [N, D]
         denominator = scatter(gate, dst, dim=0, dim_size=x.shape[0], reduce="sum")  # [N, D]
         h = self.A(x) + numerator / (denominator + 1e-6)  # [N, D]
-        h = F.dropout(F.relu(self.bn_node(h)), self.dropout, training=self.training)  # [N, D]
+        h = dropout(F.relu(self.bn_node(h)), self.dropout, training=self.training)  # [N, D]
         h = x + h if self.residual else h
         if not self.update_edges:
             return h, edge_attr
-        e = F.dropout(F.relu(self.bn_edge(e_hat)), self.dropout, training=self.training)  # [E, D]
+        e = dropout(F.relu(self.bn_edge(e_hat)), self.dropout, training=self.training)  # [E, D]
         return h, (edge_attr + e if self.residual else e)
 
     def extra_repr(self) -> str:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.nn import BatchNorm, GCNConv, GINEConv, GPSConv
 
+from ssmkit.core.drop import dropout
 from ssmkit.core.registry import register_model
 
 from ..layers.encoders import EdgeEncoder, NodeEncoder, TaskHead, check_model_args, example_input
@@ -63,7 +64,7 @@ class GCN(_Baseline):
         g = self.read(data, None)
         h = self.node_encoder(g.x, g.pe)  # [N, D]
         for conv, norm in zip(self.convs, self.norms):
-            h = h + F.dropout(F.relu(norm(conv(h, g.edge_index))), self.dropout, training=self.training)  # [N, D]
+            h = h + dropout(F.relu(norm(conv(h, g.edge_index))), self.dropout, training=self.training)  # [N, D]
         return self.head(h, g.batch, g.num_graphs)
 
 

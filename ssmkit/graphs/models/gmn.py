@@ -48,6 +48,7 @@ from torch_geometric.data import Data
 from torch_geometric.nn import BatchNorm, GINEConv
 
 from ssmkit.core.block import Backbone
+from ssmkit.core.drop import Dropout
 from ssmkit.core.mixers import BiMamba
 from ssmkit.core.registry import register_model
 
@@ -97,7 +98,7 @@ class GINELocal(nn.Module):
     def __init__(self, dim: int, dropout: float) -> None:
         super().__init__()
         self.conv = GINEConv(nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim)))
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.norm = BatchNorm(dim, allow_single_element=True)
 
     def forward(self, h: Tensor, edge_index: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
@@ -120,10 +121,10 @@ class GMNLayer(nn.Module):
             self.local = GINELocal(dim, dropout)
         else:
             self.local = None
-        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim),
-                                 nn.Dropout(dropout))
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), Dropout(dropout), nn.Linear(2 * dim, dim),
+                                 Dropout(dropout))
         self.norm_ffn = BatchNorm(dim, allow_single_element=True)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, h: Tensor, e: Tensor, edge_index: Tensor, batch: Tensor, perm: Tensor,
                 num_graphs: int) -> tuple[Tensor, Tensor]:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch_geometric.data import Data
 from torch_geometric.nn import BatchNorm
 
+from ssmkit.core.drop import Dropout
 from ssmkit.core.mixers import Mamba
 from ssmkit.core.registry import register_model
 
@@ -49,9 +50,9 @@ class GraphMambaLayer(nn.Module):
         self.norm_local = BatchNorm(dim, allow_single_element=True)
         self.mamba = Mamba(dim, d_state=d_state, d_conv=d_conv, expand=expand, backend=backend)
         self.norm_attn = BatchNorm(dim, allow_single_element=True)
-        self.dropout = nn.Dropout(dropout)
-        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim),
-                                 nn.Dropout(dropout))
+        self.dropout = Dropout(dropout)
+        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.ReLU(), Dropout(dropout), nn.Linear(2 * dim, dim),
+                                 Dropout(dropout))
         self.norm_ffn = BatchNorm(dim, allow_single_element=True)
 
     def forward(self, h: Tensor, e: Tensor, edge_index: Tensor, batch: Tensor, perms: list[Tensor],
