@@ -11,7 +11,7 @@ only, no validation, no checkpoint or logger) of the cpu backend with the module
 Usage:
     OMP_NUM_THREADS=1 NUMBA_NUM_THREADS=1 python benchmarks/timeseries_speed.py                # cpu, naive, torch
     python benchmarks/timeseries_speed.py --backends cpu,naive --out /tmp/ts_speed                 # elsewhere
-    python benchmarks/timeseries_speed.py --backends cpu,naive --bf16      # + a bfloat16 mixed-precision row
+    python benchmarks/timeseries_speed.py --backends cpu,naive --bf16      # + bfloat16 mixed-precision rows
 
 Writes ``benchmarks/results/timeseries_speed-cpu.json`` and ``.md`` (atomically).
 """
@@ -106,9 +106,9 @@ def train_epochs(cfg: dict, data: TimeSeriesDataModule, backend: str, epochs: in
                 train_loss=float(torch.stack(first_losses).double().mean()), val_mse=se / count)
 
 
-def lightning_epochs(cfg: dict, epochs: int) -> dict:
-    """``epochs`` ``Trainer.fit`` epochs (training only) of the cpu backend with the CLI's module and data module;
-    the median epoch as in ``train_epochs``."""
+def lightning_epochs(cfg: dict, epochs: int, precision: str = "32-true") -> dict:
+    """``epochs`` ``Trainer.fit`` epochs (training only) of the cpu backend with the CLI's module and data module, at
+    Lightning's ``precision`` (what ``--trainer.precision`` sets); the median epoch as in ``train_epochs``."""
     import lightning as L
 
     class EpochTimer(L.Callback):
@@ -132,13 +132,14 @@ def lightning_epochs(cfg: dict, epochs: int) -> dict:
                         seq_len=cfg["data"]["seq_len"], pred_len=cfg["data"]["pred_len"], n_vars=data.n_vars,
                         features=cfg["data"]["features"])
     timer = EpochTimer()
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, limit_val_batches=0, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[timer])
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, precision=precision, limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[timer])
     trainer.fit(module, datamodule=data)
     steps = trainer.global_step // epochs
     cpu = statistics.median(timer.cpus)
-    return dict(backend="cpu (Lightning Trainer.fit)", wall_s=statistics.median(timer.walls), process_s=cpu,
+    label = "cpu (Lightning Trainer.fit)" + ("" if precision == "32-true" else f", precision {precision}")
+    return dict(backend=label, wall_s=statistics.median(timer.walls), process_s=cpu,
                 epoch_process_s=timer.cpus, steps=steps, process_ms_per_step=1e3 * cpu / max(steps, 1),
                 train_loss=None, val_mse=None)
 
@@ -205,7 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=3, help="epochs timed per row (a row reports the median)")
     parser.add_argument("--no-lightning", action="store_true", help="skip the Lightning epoch")
     parser.add_argument("--no-fused-adam", action="store_true", help="skip the cpu + fused Adam row")
-    parser.add_argument("--bf16", action="store_true", help="add a cpu + fused Adam + bf16 autocast row")
+    parser.add_argument("--bf16", action="store_true",
+                        help="add a cpu + fused Adam + bf16 autocast row (and a Lightning bf16-mixed row)")
     parser.add_argument("--out", default=str(RESULTS), help="output path without suffix (.json and .md are written)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -230,6 +232,9 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.no_lightning:
         rows.append(lightning_epochs(cfg, args.epochs))
         print(json.dumps(rows[-1]), flush=True)
+        if args.bf16:
+            rows.append(lightning_epochs(cfg, args.epochs, precision="bf16-mixed"))
+            print(json.dumps(rows[-1]), flush=True)
     floor = matmul_floor(cfg, data, rows[0]["steps"])
     print(json.dumps(floor), flush=True)
     result = dict(device=device_name("cpu"), threads=args.threads, epochs=args.epochs, torch=torch.__version__,

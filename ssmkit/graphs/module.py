@@ -28,6 +28,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy, MultilabelAveragePrecision
 
 from ssmkit.core.registry import create_model
+from ssmkit.core.step_log import log_training_step
 
 METRICS = ("accuracy", "auroc", "ap")
 SPLITS = ("val", "test")
@@ -126,7 +127,7 @@ class GraphTask(L.LightningModule):
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         logits, target = self._logits_and_target(batch, "train")
         loss = self._loss(logits, target)
-        self.log("train/loss", loss, prog_bar=True, batch_size=target.shape[0])
+        log_training_step(self, {"train/loss": loss}, batch_size=target.shape[0])
         return loss
 
     def _evaluate(self, batch: Batch, split: str) -> None:

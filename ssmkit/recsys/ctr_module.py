@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.core.registry import create_model
+from ssmkit.core.step_log import log_training_step
 
 from .ctr_metrics import ctr_metrics
 
@@ -71,8 +72,7 @@ class CTRPredictor(L.LightningModule):
         loss = ctr_loss + sum(F.binary_cross_entropy_with_logits(h, label) for h in heads[1:])
         if self.hparams.weight_decay:
             loss = loss + self.hparams.weight_decay * self.model.l2_penalty()
-        self.log("train/loss", loss, prog_bar=True, batch_size=label.shape[0])
-        self.log("train/ctr_loss", ctr_loss, batch_size=label.shape[0])
+        log_training_step(self, {"train/loss": loss, "train/ctr_loss": ctr_loss}, batch_size=label.shape[0])
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], metrics) -> None:

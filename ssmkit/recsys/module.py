@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ssmkit.core.registry import create_model
+from ssmkit.core.step_log import log_training_step
 
 from .metrics import RankingMetrics
 
@@ -76,7 +77,7 @@ class SequentialRecommender(L.LightningModule):
             loss = own_loss(batch["item_seq"], batch["lengths"], batch["target"])
         else:
             loss = F.cross_entropy(self(batch["item_seq"], batch["lengths"]), batch["target"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["target"].shape[0])
+        log_training_step(self, {"train/loss": loss}, batch_size=batch["target"].shape[0])
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], split: str) -> None:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanAbsoluteError, MeanSquaredError
 
 from ssmkit.core.registry import create_model
+from ssmkit.core.step_log import log_training_step
 
 from .data import StandardScaler, inference_window
 
@@ -90,12 +91,11 @@ class Forecaster(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         if hasattr(self.model, "training_loss"):
             loss, parts = self.model.training_loss(batch["x"], batch["y"][:, -self.hparams.pred_len:])
-            for name, value in parts.items():
-                self.log(f"train/{name}", value, batch_size=batch["x"].shape[0])
         else:
             pred, target = self._predict_and_target(batch)
-            loss = F.mse_loss(pred, target)
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["x"].shape[0])
+            loss, parts = F.mse_loss(pred, target), {}
+        values = {"train/loss": loss, **{f"train/{name}": value for name, value in parts.items()}}
+        log_training_step(self, values, batch_size=batch["x"].shape[0])
         return loss
 
     def _evaluate(self, batch: dict[str, torch.Tensor], split: str) -> None:

@@ -25,6 +25,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from ssmkit.core.registry import create_model, list_models
+from ssmkit.core.step_log import log_training_step
 
 NO_WEIGHT_DECAY = ("pos_embed", "cls_token", "*.pos_embed", "*.cls_token")
 
@@ -137,7 +138,7 @@ class ImageClassifier(L.LightningModule):
             loss = self.soft_loss(self(x), soft)
         else:
             loss = F.cross_entropy(self(x), y, label_smoothing=self.hparams.label_smoothing)
-        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        log_training_step(self, {"train/loss": loss}, batch_size=x.shape[0])
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
