@@ -32,13 +32,14 @@ import os
 import pickle
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 from torch_geometric.transforms import AddRandomWalkPE
 from torch_geometric.utils import coalesce, get_laplacian, remove_self_loops, to_undirected
+
+from ssmkit.core.datamodule import SplitDataModule
 
 # dataset -> (family, name used by the files / torch_geometric, task, metric)
 DATASETS = {
@@ -228,7 +229,7 @@ def laplacian_pe(data: Data, k: int) -> torch.Tensor:
     return pe
 
 
-class GraphDataModule(L.LightningDataModule):
+class GraphDataModule(SplitDataModule):
     """Loaders, splits and metadata of one graph benchmark (see the module docstring for datasets and files).
 
     The metadata the model needs is set in ``__init__`` (the dataset is read there), for the CLI's links:
@@ -366,19 +367,8 @@ class GraphDataModule(L.LightningDataModule):
             "test": [g for g, f in zip(graphs, folds.tolist()) if f == hp.fold],
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool) -> DataLoader:
         batch_size = self.hparams.batch_size if self.task == "graph" else 1
-        return DataLoader(self.splits[split], batch_size=batch_size, shuffle=shuffle and self.task == "graph",
+        return DataLoader(self.splits[split], batch_size=batch_size, shuffle=train and self.task == "graph",
                           num_workers=self.hparams.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

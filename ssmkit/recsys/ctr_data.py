@@ -33,11 +33,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import polars as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from ssmkit.core.datamodule import SplitDataModule
 
 SPLITS = ("train", "val", "test")
 COLUMNS = ("user", "item", "category", "time")
@@ -247,7 +248,7 @@ class CTRBatches(Dataset):
         return {name: value[rows].long() for name, value in self.tensors.items()}
 
 
-class CTRDataModule(L.LightningDataModule):
+class CTRDataModule(SplitDataModule):
     """thuml/DARE's CTR samples from ML-100k, a synthetic log, a polars frame, or the official Taobao/Tmall files.
 
     Args:
@@ -333,21 +334,10 @@ class CTRDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self._load()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool) -> DataLoader:
         data = CTRBatches(self._load()[split])
-        size = self.hparams.batch_size if shuffle else self.hparams.eval_batch_size
-        order = RandomSampler(data) if shuffle else SequentialSampler(data)
+        size = self.hparams.batch_size if train else self.hparams.eval_batch_size
+        order = RandomSampler(data) if train else SequentialSampler(data)
         return DataLoader(data, batch_size=None, sampler=BatchSampler(order, size, drop_last=False),
                           num_workers=self.hparams.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

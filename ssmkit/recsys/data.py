@@ -21,11 +21,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import polars as pl
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from ssmkit.core.datamodule import SplitDataModule
 
 __all__ = [
     "PrefixBatches", "SequenceData", "SequentialDataModule", "build_sequences", "check_frame", "kcore_filter",
@@ -261,7 +262,7 @@ class PrefixBatches(Dataset):
         return {"item_seq": item_seq, "lengths": lengths, "target": self.items[target_pos]}
 
 
-class SequentialDataModule(L.LightningDataModule):
+class SequentialDataModule(SplitDataModule):
     """Leave-one-out next-item data (RecBole sequential protocol) for ``SequentialRecommender``.
 
     The file is read and split in ``__init__`` so that ``n_items`` and ``max_len`` exist before the model is built.
@@ -295,19 +296,9 @@ class SequentialDataModule(L.LightningDataModule):
         """Item vocabulary size including PAD."""
         return self.data.n_items
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.datasets[split]
-        sampler = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+        batch_size = self.hparams.batch_size if train else self.hparams.eval_batch_size
+        sampler = RandomSampler(dataset) if train else SequentialSampler(dataset)
         return DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last=False), batch_size=None)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", self.hparams.eval_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.eval_batch_size, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.test_dataloader()

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
+
+from ssmkit.core.datamodule import SplitDataModule
 
 __all__ = ["MARKER", "NOISE", "SelectiveCopyingDataModule", "SelectiveCopyingDataset", "selective_copying_sample"]
 
@@ -93,7 +94,7 @@ class SelectiveCopyingDataset(Dataset):
         return selective_copying_sample(self.seq_len, self.num_tokens, self.vocab_size, rng)
 
 
-class SelectiveCopyingDataModule(LightningDataModule):
+class SelectiveCopyingDataModule(SplitDataModule):
     """Train / val / test splits of the selective copying task; predict uses the test split.
 
     Batches are ``(tokens [B, L], targets [B, K])``. ``vocab_size``, ``seq_len`` and ``num_tokens`` are the values
@@ -140,20 +141,9 @@ class SelectiveCopyingDataModule(LightningDataModule):
                 size, self.seq_len, self.num_tokens, self.vocab_size, self.seed, split
             )
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, train: bool) -> DataLoader:
         if split not in self.datasets:
             self.setup()
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=train,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

@@ -16,11 +16,12 @@ import gzip
 import re
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from ssmkit.core.datamodule import SplitDataModule
 
 from . import ETTH1_PATH
 
@@ -259,7 +260,7 @@ class ForecastWindows(Dataset):
                     y_mark=self.marks[r_begin:r_end])
 
 
-class TimeSeriesDataModule(L.LightningDataModule):
+class TimeSeriesDataModule(SplitDataModule):
     """Time-Series-Library forecasting data (ETTh1 bundled by default; any TSLib CSV through ``data_path``).
 
     Args:
@@ -331,18 +332,9 @@ class TimeSeriesDataModule(L.LightningDataModule):
             self.datasets[split] = ForecastWindows(values[rows], marks[rows], hp.seq_len, hp.label_len, hp.pred_len,
                                                    split)
 
-    def _loader(self, split: str, shuffle: bool, drop_last: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=shuffle,
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        # training drops its last partial batch (as Time-Series-Library); test keeps every window
+        drop_last = train or (split == "val" and self.hparams.val_drop_last)
+        return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=train,
                           drop_last=drop_last, num_workers=self.hparams.num_workers)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True, drop_last=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False, drop_last=self.hparams.val_drop_last)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False, drop_last=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False, drop_last=False)

@@ -20,7 +20,6 @@ import gzip
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 import torchvision
@@ -28,6 +27,8 @@ from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from ssmkit.core.datamodule import SplitDataModule
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -66,7 +67,7 @@ def _check_positive(**values: int) -> None:
             raise ValueError(f"{name} must be a positive int, found {value!r}")
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(SplitDataModule):
     """Base of the image DataModules: ``num_classes`` / ``in_chans`` / ``img_size`` attributes and the loaders.
 
     Train shuffles and drops its last partial batch (even sizes for mixup); val / test / predict keep every image
@@ -78,23 +79,13 @@ class ImageDataModule(L.LightningDataModule):
     img_size: int
     datasets: dict[str, Dataset]
 
+    test_split = "val"  # the image datasets here have no separate test split: test and predict read val
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         hp = self.hparams
         return DataLoader(self.datasets[split], batch_size=hp.batch_size, shuffle=train, drop_last=train,
                           num_workers=hp.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=hp.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
 
 
 class ImageFolderDataModule(ImageDataModule):

@@ -1,0 +1,33 @@
+"""A LightningDataModule whose four dataloader hooks come from one ``_loader(split, train)`` method."""
+
+from __future__ import annotations
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+__all__ = ["SplitDataModule"]
+
+
+class SplitDataModule(L.LightningDataModule):
+    """Train, val, test and predict loaders from ``_loader(split, train)``, which subclasses implement.
+
+    ``train`` is True for the training loader only (shuffle, drop_last and the training batch size are the
+    subclass's to choose from it). Test and predict read ``test_split``: "test", or "val" for data with no test split.
+    """
+
+    test_split = "test"
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        raise NotImplementedError(f"{type(self).__name__} must implement _loader(split, train)")
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_split, train=False)
