@@ -57,7 +57,7 @@ class Dropout(nn.Dropout):
     ``bernoulli_`` (``ssmkit/kernels/README.md``). Where the generator's state
     layout is not the one the kernel knows, the mask comes from ``uniform_`` on float64 chunks of at most ``CHUNK``
     elements in the same memory order: the same numbers again, at about 4 ns per element. Other devices,
-    ``inplace`` and eval mode call ``F.dropout``.
+    ``inplace``, eval mode and code traced by ``torch.compile`` call ``F.dropout``.
 
     Args:
         p: probability of zeroing an element, in [0, 1].
@@ -84,7 +84,7 @@ def dropout(x: torch.Tensor, p: float, training: bool = True, inplace: bool = Fa
         The same shape: dropped elements 0, kept ones scaled by 1 / (1 - p).
     """
     if not training or p == 0.0 or p == 1.0 or inplace or x.device.type != "cpu" or not x.is_floating_point() \
-            or x.numel() == 0:
+            or x.numel() == 0 or torch.compiler.is_compiling():  # a compiled graph keeps F.dropout (its own RNG)
         return F.dropout(x, p, training, inplace)
     keep = 1.0 - p
     noise = torch.empty_like(x)  # x's dtype and layout (dense), as F.dropout's mask

@@ -55,3 +55,13 @@ def test_functional_dropout_equals_f_dropout(training):
     out = dropout(x, 0.3, training=training)
     assert torch.equal(out, ref)
     assert torch.equal(torch.get_rng_state(), ref_state)
+
+
+def test_torch_compile_traces_f_dropout():
+    module = Dropout(0.5)
+    x = torch.randn(64, 64)
+    torch.manual_seed(0)
+    eager = nn.Dropout(0.5)(x)
+    torch.manual_seed(0)
+    compiled = torch.compile(module, backend="eager")(x)  # dynamo traces F.dropout: same numbers here
+    assert torch.equal(compiled, eager)
