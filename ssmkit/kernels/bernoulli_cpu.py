@@ -13,11 +13,16 @@ The state layout read here is torch's ``CPUGeneratorImplState`` (5056 bytes on 6
 comes first. Any other size makes ``bernoulli_keep_`` return False and draw nothing, so that the caller can use
 torch's own path (the same numbers, slower).
 
-Like any user of the generator, it is not atomic against another Python thread drawing from the default
-generator at the same time (``bernoulli_`` holds the generator's lock; this holds the GIL except in the kernel).
+Calls of ``bernoulli_keep_`` from several Python threads are serialized by a lock. A draw by torch itself in
+another thread while one of these calls runs (between ``get_state`` and ``set_state``) would be overwritten; torch's
+own ``bernoulli_`` holds the generator's mutex instead. On a big-endian machine it returns False (the kernel reads
+word pairs as little-endian 64-bit integers).
 """
 
 from __future__ import annotations
+
+import sys
+import threading
 
 import numba
 import numpy as np
@@ -31,6 +36,7 @@ _WORDS = slice(24, 24 + 8 * _N)  # the state[624] field, uint64 per word
 _CHUNK = 4096  # mask elements per block of tempered words (32 KiB of words, cache resident)
 _BITS_DTYPE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
+_LOCK = threading.Lock()
 
 
 @numba.njit(inline="always")
@@ -113,10 +119,18 @@ def bernoulli_keep_(mask: torch.Tensor, keep: float) -> bool:
 
     Returns:
         True when the mask was drawn; False (nothing drawn, the generator untouched) when the generator's state has
-        an unknown layout or the mask is not a contiguous 1-D CPU float tensor.
+        an unknown layout, the machine is big-endian, or the mask is not a contiguous 1-D CPU float tensor.
     """
     if mask.dim() != 1 or not mask.is_contiguous() or mask.device.type != "cpu" or not mask.is_floating_point():
         return False
+    if sys.byteorder != "little":
+        return False
+    with _LOCK:
+        return _draw(mask, float(keep))
+
+
+def _draw(mask: torch.Tensor, keep: float) -> bool:
+    """``bernoulli_keep_`` under its lock: read the generator's words, run the kernel, write them back."""
     generator = torch.default_generator
     state = generator.get_state()
     if state.numel() != _STATE_BYTES:
@@ -130,7 +144,7 @@ def bernoulli_keep_(mask: torch.Tensor, keep: float) -> bool:
     bits_dtype = _BITS_DTYPE[mask.element_size()]
     one = torch.ones((), dtype=mask.dtype).view(bits_dtype).item()
     bits = mask.view(bits_dtype).numpy()
-    position = _keep_mask(words, position, float(keep), bits.dtype.type(one), bits)
+    position = _keep_mask(words, position, keep, bits.dtype.type(one), bits)
     raw[_WORDS].view(np.uint64)[:] = words
     raw[8:12].view(np.int32)[0] = _N - position + 1
     raw[16:24].view(np.uint64)[0] = position
