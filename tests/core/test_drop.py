@@ -65,3 +65,14 @@ def test_torch_compile_traces_f_dropout():
     torch.manual_seed(0)
     compiled = torch.compile(module, backend="eager")(x)  # dynamo traces F.dropout: same numbers here
     assert torch.equal(compiled, eager)
+
+
+def test_fallback_draws_the_same_numbers(monkeypatch):
+    """Where the kernel refuses (an unknown generator layout), the chunked uniform_ path gives the same result."""
+    from ssmkit.kernels import bernoulli_cpu
+
+    monkeypatch.setattr(bernoulli_cpu, "bernoulli_keep_", lambda mask, keep: False)
+    x = torch.randn(3, 40000).transpose(0, 1)  # several chunks, non-contiguous
+    ref_out, ref_grad, ref_state = _run(nn.Dropout(0.2), x, seed=4)
+    out, grad, state = _run(Dropout(0.2), x, seed=4)
+    assert torch.equal(out, ref_out) and torch.equal(grad, ref_grad) and torch.equal(state, ref_state)
