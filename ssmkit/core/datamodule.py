@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import abc
+
 import lightning as L
 from torch.utils.data import DataLoader
 
 __all__ = ["SplitDataModule"]
 
 
-class SplitDataModule(L.LightningDataModule):
+class SplitDataModule(L.LightningDataModule, abc.ABC):
     """Train, val, test and predict loaders from ``_loader(split, train)``, which subclasses implement.
 
     ``train`` is True for the training loader only (shuffle, drop_last and the training batch size are the
@@ -17,8 +19,9 @@ class SplitDataModule(L.LightningDataModule):
 
     test_split = "test"
 
+    @abc.abstractmethod
     def _loader(self, split: str, train: bool) -> DataLoader:
-        raise NotImplementedError(f"{type(self).__name__} must implement _loader(split, train)")
+        """The DataLoader of ``split`` ("train", "val" or "test"); ``train`` is True for the training loader."""
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -27,5 +27,8 @@ def test_test_split_can_be_val():
 
 
 def test_a_subclass_without_loader_says_so():
-    with pytest.raises(NotImplementedError, match="must implement _loader"):
-        SplitDataModule().train_dataloader()
+    class _NoLoader(SplitDataModule):
+        pass
+
+    with pytest.raises(TypeError, match="_loader"):  # refused when built, before any loader is asked for
+        _NoLoader()
