@@ -92,7 +92,8 @@ def train_epochs(cfg: dict, data: TimeSeriesDataModule, backend: str, epochs: in
             losses.append(loss.detach())
         walls.append(time.perf_counter() - wall)
         cpus.append(time.process_time() - cpu)
-        first_losses = losses if first_losses is None else first_losses
+        if first_losses is None:
+            first_losses = losses
     model.eval()
     se, count = 0.0, 0
     with torch.no_grad():

@@ -2,12 +2,13 @@
 
 ``torch.empty_like(x).bernoulli_(keep)`` on the CPU (what ``F.dropout`` does in training) runs, per element in
 memory order, one Mersenne Twister (MT19937) double: two 32-bit outputs a then b, u = ((a << 32 | b) & (2^53 - 1))
-* 2^-53, and writes 1 where u < keep, else 0. Each element costs about 4 ns there (a serial loop through the
+* 2^-53, and writes 1 where u < keep, else 0. Each element costs 4-6 ns there (a serial loop through the
 generator's virtual interface). ``bernoulli_keep_`` reads the generator's state (``get_state``), runs the same
 twist, tempering and comparison in a vectorized numba kernel, and writes the advanced state back (``set_state``),
 so that the mask and every later draw are bit-identical to torch's (``tests/kernels/test_bernoulli_cpu.py``).
 
-The state layout read here is torch's ``CPUGeneratorImplState`` (5056 bytes on 64-bit Linux and macOS):
+The state layout read here is torch's ``CPUGeneratorImplState`` (5056 bytes in torch 2.14 on 64-bit Linux, the
+only platform tested; the size and the left / next fields are checked on every call):
     int64 seed | int32 left | int32 seeded | uint64 next | uint64 state[624] (each a 32-bit word) | normal caches
 ``next`` indexes the next unused word of ``state`` and ``left - 1`` words are unused; ``left == 1`` means a twist
 comes first. Any other size makes ``bernoulli_keep_`` return False and draw nothing, so that the caller can use
@@ -35,6 +36,7 @@ _STATE_BYTES = 5056
 _WORDS = slice(24, 24 + 8 * _N)  # the state[624] field, uint64 per word
 _CHUNK = 4096  # mask elements per block of tempered words (32 KiB of words, cache resident)
 _BITS_DTYPE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_ONE_BITS: dict[torch.dtype, int] = {}  # the bit pattern of 1.0 per float dtype, filled on first use
 _OPTIONS = dict(cache=True, nogil=True, error_model="numpy")
 _LOCK = threading.Lock()
 
@@ -142,7 +144,9 @@ def _draw(mask: torch.Tensor, keep: float) -> bool:
         return False  # not the layout this module knows
     words = raw[_WORDS].view(np.uint64).astype(np.uint32)
     bits_dtype = _BITS_DTYPE[mask.element_size()]
-    one = torch.ones((), dtype=mask.dtype).view(bits_dtype).item()
+    if mask.dtype not in _ONE_BITS:
+        _ONE_BITS[mask.dtype] = torch.ones((), dtype=mask.dtype).view(bits_dtype).item()
+    one = _ONE_BITS[mask.dtype]
     bits = mask.view(bits_dtype).numpy()
     position = _keep_mask(words, position, keep, bits.dtype.type(one), bits)
     raw[_WORDS].view(np.uint64)[:] = words
