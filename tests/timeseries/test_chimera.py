@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ssmkit.timeseries.models.chimera import Chimera, Chimera2DSSM, chimera
+from ssmkit.timeseries.models.chimera import Chimera, Chimera2DSSM, ClosedLoopDecoder, chimera
 from tests.kernels.scan_testing import assert_close
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,6 +58,55 @@ def test_mixer_matches_the_docstring_equations(backend):
         mixer.coupling.normal_()  # couplings away from their init value 0.5
     u = torch.randn(2, 5, 4, 8)  # [B, T, V, E]
     assert_close("mixer", reference_mixer(mixer, u), mixer(u), 1e-5)
+
+
+def reference_closed_loop(dec: ClosedLoopDecoder, u: torch.Tensor) -> torch.Tensor:
+    """The docstring's closed loop, one step at a time in float64: encode the lookback, then feed y back."""
+    p = {k: v.detach().double() for k, v in dec.state_dict().items()}
+    a = torch.exp(-torch.exp(p["dt_log"])[:, None] * torch.exp(p["A_log"]))  # [E, N]
+    b = (1 - a) * torch.tanh(p["beta"])  # [E, N]
+    k = p["k"] / p["k"].abs().sum(-1, keepdim=True)  # [E, N]
+    x = torch.zeros(*u.shape[:2], *a.shape, dtype=torch.float64)  # [B, V, E, N]
+    for t in range(u.shape[2]):
+        x = a * x + b * u[:, :, t, :, None].double()
+    cells = []
+    for _ in range(dec.cells):
+        cells.append((x * p["c"]).sum(-1))  # [B, V, E]
+        fed_back = (x * k).sum(-1, keepdim=True)  # [B, V, E, 1]: the decoder's own next input k^T x
+        x = a * x + b * fed_back
+    y = torch.stack(cells, dim=2)  # [B, V, cells, E]
+    return (y @ p["proj.weight"].T + p["proj.bias"]).flatten(2)
+
+
+def test_closed_loop_decoder_matches_the_docstring_equations():
+    torch.manual_seed(0)
+    dec = ClosedLoopDecoder(6, d_state=3, patch_len=4, pred_len=37)  # 10 cells, the last one cut to 1 step later
+    u = torch.randn(2, 3, 5, 6)  # [B, V, T, E]
+    assert dec.cells == 10
+    assert_close("closed loop", reference_closed_loop(dec, u), dec(u), 1e-5)
+
+
+def test_closed_loop_cannot_grow():
+    """Whatever beta and k, every row of diag(a) + b k^T sums to <= 1 in absolute value: spectral radius <= 1."""
+    torch.manual_seed(0)
+    dec = ClosedLoopDecoder(8, d_state=4, patch_len=8, pred_len=720)
+    with torch.no_grad():
+        dec.beta.mul_(50.0)
+        dec.k.normal_(0.0, 30.0)
+    _, _, loop = dec.transition()
+    assert loop.abs().sum(-1).max() <= 1 + 1e-6
+    assert torch.linalg.eigvals(loop.double()).abs().max() <= 1 + 1e-6
+
+
+def test_closed_loop_forecast_shape_and_gradients():
+    torch.manual_seed(0)
+    model = Chimera(seq_len=16, pred_len=10, n_vars=3, patch_len=4, d_model=4, d_state=2, n_layers=1, moving_avg=5,
+                    decoder="closed_loop")
+    out = model(torch.randn(2, 16, 3))
+    assert out.shape == (2, 10, 3)
+    out.square().sum().backward()
+    for name, param in model.head.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, f"head.{name} gets no gradient"
 
 
 def test_heads_have_their_own_discretization_ranges():
@@ -112,5 +161,7 @@ def test_bad_input_raises():
         Chimera(seq_len=16, patch_len=5)
     with pytest.raises(ValueError, match=r"moving_avg must be an odd window >= 1, found 4"):
         Chimera(seq_len=16, patch_len=4, moving_avg=4)
+    with pytest.raises(ValueError, match=r"decoder must be 'linear' or 'closed_loop', found 'mlp'"):
+        Chimera(seq_len=16, patch_len=4, moving_avg=5, decoder="mlp")
     with pytest.raises(ValueError, match=r"dim must be even \(two heads\), found 5"):
         Chimera2DSSM(5, 2, 1, (1e-3, 1e-2), (0.1, 1.0))

@@ -37,10 +37,23 @@ Our choices where the sources are silent:
   scan runs over (L / patch_len) x N cells; ``patch_len=1`` gives one cell per time step. The configs use 8 so that
   a run fits the CPU budget here.
 * The gate is Mamba's ``y * silu(z)``; forward and backward variate scans share their parameters and are summed.
-* Forecast head: flatten the time axis of each variate's features, Linear(T * 2 * d_model -> pred_len), plus a linear
-  map of the normalised lookback (Linear(seq_len -> pred_len), shared over variates). This stands in for the paper's
-  closed-loop decoder, which is NOT implemented. Series normalisation (mean / std over time, no affine) wraps the
-  model, as in S-Mamba.
+* Forecast head, two choices (``decoder``), each plus a linear map of the normalised lookback (Linear(seq_len ->
+  pred_len), shared over variates). Series normalisation (mean / std over time, no affine) wraps the model, as in
+  S-Mamba.
+
+  - ``"linear"``: flatten the time axis of each variate's features, Linear(T * 2 * d_model -> pred_len).
+  - ``"closed_loop"``: the paper's closed-loop decoder for long horizons, which its summaries describe only as
+    "as in SpaceTime" (reference/timeseries.md section 2.2). Ours, per channel e of the encoder's last features u
+    (one time cell per step; every variate's state already holds the other variates through the 2-D SSM)::
+
+        x[t+1] = diag(a) x[t] + b u[t]          over the lookback cells, x[0] = 0   (the state x_T after it)
+        x[T+s+1] = (diag(a) + b k^T) x[T+s]     the closed loop: the decoder feeds itself u = k^T x
+        y[T+s] = c^T x[T+s],  s = 0 .. ceil(pred_len / patch_len) - 1
+
+    with a = exp(-dt * exp(A_log)) in (0, 1) (S4D-real init, dt log-uniform in [1e-3, 1e-1]), b = (1 - a) *
+    tanh(beta) and k L1-normalised: every row of diag(a) + b k^T sums in absolute value to at most 1, so the
+    roll-out cannot grow (SpaceTime L1-normalises for the same reason). Each cell's y [E] becomes its patch_len
+    forecast steps by one Linear(E -> patch_len) shared over cells. SpaceTime's two auxiliary losses are not used.
 
 Shapes: B batch, L = seq_len, T = L / patch_len (time cells of the scan), N = n_vars (variates, V in the scan),
 P = patch_len, E = 2 * d_model.
@@ -59,6 +72,7 @@ from ssmkit.core.registry import register_model
 from ssmkit.kernels import scan2d
 
 from ._series import check_forecast_input, normalize_series
+from .spacetime import krylov, l1_normalize
 
 
 def _dt_bias(dim: int, dt_min: float, dt_max: float) -> torch.Tensor:
@@ -125,6 +139,42 @@ class Chimera2DSSM(nn.Module):
         return self.out_proj(y * F.silu(z))
 
 
+class ClosedLoopDecoder(nn.Module):
+    """Closed-loop forecast from the encoder's last features (the module docstring's equations).
+
+    Args:
+        dim: channels E.   d_state: states per channel.   patch_len: forecast steps per cell.
+        pred_len: horizon S (the decoder rolls out ceil(S / patch_len) cells).
+    """
+
+    def __init__(self, dim: int, d_state: int, patch_len: int, pred_len: int):
+        super().__init__()
+        self.cells = math.ceil(pred_len / patch_len)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(dim, 1))
+        self.dt_log = nn.Parameter(torch.rand(dim) * (math.log(1e-1) - math.log(1e-3)) + math.log(1e-3))  # [E]
+        self.beta = nn.Parameter(torch.randn(dim, d_state))  # [E, N]
+        self.k = nn.Parameter(torch.randn(dim, d_state))  # [E, N]
+        self.c = nn.Parameter(torch.randn(dim, d_state) / math.sqrt(d_state))  # [E, N]
+        self.proj = nn.Linear(dim, patch_len)
+
+    def transition(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a [E, N], b [E, N], closed-loop matrix diag(a) + b k^T [E, N, N])."""
+        a = torch.exp(-torch.exp(self.dt_log)[:, None] * torch.exp(self.A_log))  # [E, N]
+        b = (1 - a) * torch.tanh(self.beta)  # [E, N]
+        loop = torch.diag_embed(a) + b[..., :, None] * l1_normalize(self.k)[..., None, :]  # [E, N, N]
+        return a, b, loop
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u: [B, V, T, E] -> forecast cells [B, V, cells * patch_len]."""
+        a, b, loop = self.transition()
+        steps = torch.arange(u.shape[2] - 1, -1, -1, device=u.device, dtype=u.dtype)  # [T]: T-1 .. 0
+        weights = a[..., None] ** steps * b[..., None]  # [E, N, T]: a^(T-1-j) b
+        state = torch.einsum("bvte,ent->bven", u, weights)  # [B, V, E, N]: x_T
+        readout = krylov(self.cells, loop.transpose(-1, -2), self.c)  # [E, N, cells]: ((diag(a) + b k^T)^T)^s c
+        y = torch.einsum("ens,bven->bvse", readout, state)  # [B, V, cells, E]
+        return self.proj(y).flatten(2)  # [B, V, cells * P]
+
+
 class Chimera(nn.Module):
     """Chimera forecaster (see the module docstring for the equations and our choices).
 
@@ -136,18 +186,21 @@ class Chimera(nn.Module):
         moving_avg: window of the trend (moving average) of the decomposition.
         trend_dt, seasonal_dt: dt1 init ranges of the two heads.
         dropout: dropout before the forecast head.   use_norm: series normalisation.
+        decoder: forecast head, "linear" (flattened features) or "closed_loop" (module docstring).
         backend: scan2d backend.
     """
 
     def __init__(self, seq_len: int = 96, pred_len: int = 96, n_vars: int = 7, patch_len: int = 8,
                  d_model: int = 16, d_state: int = 4, n_layers: int = 2, moving_avg: int = 25,
                  trend_dt: tuple[float, float] = (1e-3, 1e-2), seasonal_dt: tuple[float, float] = (1e-1, 1.0),
-                 dropout: float = 0.1, use_norm: bool = True, backend: str = "auto"):
+                 dropout: float = 0.1, use_norm: bool = True, decoder: str = "linear", backend: str = "auto"):
         super().__init__()
         if patch_len < 1 or seq_len % patch_len:
             raise ValueError(f"patch_len must divide seq_len={seq_len}, found {patch_len}")
         if moving_avg < 1 or moving_avg % 2 == 0:
             raise ValueError(f"moving_avg must be an odd window >= 1, found {moving_avg}")
+        if decoder not in ("linear", "closed_loop"):
+            raise ValueError(f"decoder must be 'linear' or 'closed_loop', found {decoder!r}")
         self.seq_len, self.pred_len, self.n_vars, self.use_norm = seq_len, pred_len, n_vars, use_norm
         self.moving_avg, self.patch_len = moving_avg, patch_len
         width = 2 * d_model
@@ -160,7 +213,11 @@ class Chimera(nn.Module):
             for _ in range(n_layers))
         self.norm = nn.LayerNorm(width)
         self.dropout = Dropout(dropout)
-        self.head = nn.Linear(seq_len // patch_len * width, pred_len)
+        if decoder == "linear":
+            self.head = nn.Linear(seq_len // patch_len * width, pred_len)
+        else:
+            self.head = ClosedLoopDecoder(width, d_state, patch_len, pred_len)
+        self.decoder = decoder
         self.linear = nn.Linear(seq_len, pred_len)
 
     def decompose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,8 +249,12 @@ class Chimera(nn.Module):
         h = h + self.variate_embed  # [B, T, V, E]
         for norm, mixer in zip(self.norms, self.mixers):
             h = h + mixer(norm(h))  # [B, T, V, E]
-        feats = self.dropout(self.norm(h)).permute(0, 2, 1, 3).flatten(2)  # [B, V, T*E]
-        out = (self.head(feats) + self.linear(x.transpose(1, 2))).transpose(1, 2)  # [B, S, N]
+        feats = self.dropout(self.norm(h)).transpose(1, 2)  # [B, V, T, E]
+        if self.decoder == "linear":
+            forecast = self.head(feats.flatten(2))  # [B, V, S]
+        else:
+            forecast = self.head(feats)[..., : self.pred_len]  # [B, V, S]
+        out = (forecast + self.linear(x.transpose(1, 2))).transpose(1, 2)  # [B, S, N]
         if self.use_norm:
             out = out * std + mean
         return out
