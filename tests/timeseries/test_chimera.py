@@ -75,12 +75,12 @@ def reference_closed_loop(dec: ClosedLoopDecoder, u: torch.Tensor) -> torch.Tens
         fed_back = (x * k).sum(-1, keepdim=True)  # [B, V, E, 1]: the decoder's own next input k^T x
         x = a * x + b * fed_back
     y = torch.stack(cells, dim=2)  # [B, V, cells, E]
-    return (y @ p["proj.weight"].T + p["proj.bias"]).flatten(2)
+    return (y @ p["proj.weight"].T + p["proj.bias"]).flatten(2)[..., : dec.pred_len]  # the last cell cut to S
 
 
 def test_closed_loop_decoder_matches_the_docstring_equations():
     torch.manual_seed(0)
-    dec = ClosedLoopDecoder(6, d_state=3, patch_len=4, pred_len=37)  # 10 cells, the last one cut to 1 step later
+    dec = ClosedLoopDecoder(6, d_state=3, patch_len=4, pred_len=37)  # 10 cells, the last one cut to 1 step
     u = torch.randn(2, 3, 5, 6)  # [B, V, T, E]
     assert dec.cells == 10
     assert_close("closed loop", reference_closed_loop(dec, u), dec(u), 1e-5)

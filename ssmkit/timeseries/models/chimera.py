@@ -75,10 +75,20 @@ from ._series import check_forecast_input, normalize_series
 from .spacetime import krylov, l1_normalize
 
 
+def _log_dt(dim: int, dt_min: float, dt_max: float) -> torch.Tensor:
+    """log dt for dt ~ log-uniform [dt_min, dt_max] (Mamba's dt init): [dim]."""
+    return torch.rand(dim) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+
+
 def _dt_bias(dim: int, dt_min: float, dt_max: float) -> torch.Tensor:
-    """Inverse softplus of dt ~ log-uniform [dt_min, dt_max] (Mamba's dt init), floored at 1e-4."""
-    dt = torch.exp(torch.rand(dim) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=1e-4)
+    """Inverse softplus of dt ~ log-uniform [dt_min, dt_max], floored at 1e-4."""
+    dt = torch.exp(_log_dt(dim, dt_min, dt_max)).clamp(min=1e-4)
     return dt + torch.log(-torch.expm1(-dt))
+
+
+def _s4d_real_log(dim: int, d_state: int) -> torch.Tensor:
+    """log of S4D-real decay rates 1 .. d_state for every channel: [dim, d_state]."""
+    return torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(dim, 1)
 
 
 class Chimera2DSSM(nn.Module):
@@ -108,9 +118,8 @@ class Chimera2DSSM(nn.Module):
                 nn.init.uniform_(proj.weight, -dt_rank**-0.5, dt_rank**-0.5)
             self.dt1_proj.bias.copy_(torch.cat([_dt_bias(half, *trend_dt), _dt_bias(half, *seasonal_dt)]))
             self.dt2_proj.bias.copy_(_dt_bias(dim, 1e-3, 1e-1))
-        s4d = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(dim, 1)  # [E, N]
-        self.A1_log = nn.Parameter(s4d.clone())
-        self.A4_log = nn.Parameter(s4d.clone())
+        self.A1_log = nn.Parameter(_s4d_real_log(dim, d_state))  # [E, N]
+        self.A4_log = nn.Parameter(_s4d_real_log(dim, d_state))  # [E, N]
         self.coupling = nn.Parameter(torch.zeros(2, dim, d_state))  # r2, r3 = sigmoid(.) = 0.5 at init
         self.D = nn.Parameter(torch.ones(dim))
         self.out_proj = nn.Linear(dim, dim, bias=False)
@@ -149,9 +158,9 @@ class ClosedLoopDecoder(nn.Module):
 
     def __init__(self, dim: int, d_state: int, patch_len: int, pred_len: int):
         super().__init__()
-        self.cells = math.ceil(pred_len / patch_len)
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(dim, 1))
-        self.dt_log = nn.Parameter(torch.rand(dim) * (math.log(1e-1) - math.log(1e-3)) + math.log(1e-3))  # [E]
+        self.cells, self.pred_len = math.ceil(pred_len / patch_len), pred_len
+        self.A_log = nn.Parameter(_s4d_real_log(dim, d_state))  # [E, N]
+        self.dt_log = nn.Parameter(_log_dt(dim, 1e-3, 1e-1))  # [E]
         self.beta = nn.Parameter(torch.randn(dim, d_state))  # [E, N]
         self.k = nn.Parameter(torch.randn(dim, d_state))  # [E, N]
         self.c = nn.Parameter(torch.randn(dim, d_state) / math.sqrt(d_state))  # [E, N]
@@ -165,14 +174,14 @@ class ClosedLoopDecoder(nn.Module):
         return a, b, loop
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        """u: [B, V, T, E] -> forecast cells [B, V, cells * patch_len]."""
+        """u: [B, V, T, E] -> forecast [B, V, pred_len] (the last cell cut to the horizon)."""
         a, b, loop = self.transition()
         steps = torch.arange(u.shape[2] - 1, -1, -1, device=u.device, dtype=u.dtype)  # [T]: T-1 .. 0
         weights = a[..., None] ** steps * b[..., None]  # [E, N, T]: a^(T-1-j) b
         state = torch.einsum("bvte,ent->bven", u, weights)  # [B, V, E, N]: x_T
         readout = krylov(self.cells, loop.transpose(-1, -2), self.c)  # [E, N, cells]: ((diag(a) + b k^T)^T)^s c
         y = torch.einsum("ens,bven->bvse", readout, state)  # [B, V, cells, E]
-        return self.proj(y).flatten(2)  # [B, V, cells * P]
+        return self.proj(y).flatten(2)[..., : self.pred_len]  # [B, V, S]
 
 
 class Chimera(nn.Module):
@@ -217,7 +226,6 @@ class Chimera(nn.Module):
             self.head = nn.Linear(seq_len // patch_len * width, pred_len)
         else:
             self.head = ClosedLoopDecoder(width, d_state, patch_len, pred_len)
-        self.decoder = decoder
         self.linear = nn.Linear(seq_len, pred_len)
 
     def decompose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,10 +258,10 @@ class Chimera(nn.Module):
         for norm, mixer in zip(self.norms, self.mixers):
             h = h + mixer(norm(h))  # [B, T, V, E]
         feats = self.dropout(self.norm(h)).transpose(1, 2)  # [B, V, T, E]
-        if self.decoder == "linear":
-            forecast = self.head(feats.flatten(2))  # [B, V, S]
+        if isinstance(self.head, ClosedLoopDecoder):
+            forecast = self.head(feats)  # [B, V, S]
         else:
-            forecast = self.head(feats)[..., : self.pred_len]  # [B, V, S]
+            forecast = self.head(feats.flatten(2))  # [B, V, S]: Linear(T*E -> S)
         out = (forecast + self.linear(x.transpose(1, 2))).transpose(1, 2)  # [B, S, N]
         if self.use_norm:
             out = out * std + mean
